@@ -1,0 +1,192 @@
+"""Codecs of protocol v1: message <-> bytes for ``liveroom.v1.msgpack`` and ``liveroom.v1.json``.
+
+A codec turns typed messages into the payload of one websocket message and back. Decoding
+untrusted bytes raises only :class:`~protocol.errors.ProtocolError` subclasses. For the
+fan-out hot path a codec also encodes a room event once (``encode_event``) and splices
+already-encoded events into a ``batch`` or ``joined`` payload (``encode_batch``,
+``encode_joined``) without decoding or re-encoding them; the result is byte-identical to
+encoding the whole message at once.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any, Final
+
+import msgpack
+import orjson
+
+from protocol.errors import MalformedMessage
+from protocol.messages import (
+    CLIENT_TYPES,
+    SERVER_TYPES,
+    ClientMessage,
+    Joined,
+    Message,
+    RoomEvent,
+    ServerMessage,
+)
+from protocol.wire import from_wire, to_wire
+
+__all__ = [
+    "CODECS",
+    "DEFAULT_SUBPROTOCOL",
+    "JSON",
+    "MSGPACK",
+    "Codec",
+    "JsonCodec",
+    "MsgpackCodec",
+    "codec_for",
+]
+
+# Decoder bounds for untrusted input: generous for any valid message, small enough that a
+# hostile payload cannot make the decoder allocate much more than the payload itself.
+_MAX_ITEMS: Final = 4096
+
+
+class Codec:
+    """Common interface; see :class:`MsgpackCodec` and :class:`JsonCodec`."""
+
+    name: str = ""
+    subprotocol: str = ""
+    binary: bool = True  # websocket opcode: binary (True) or text (False)
+
+    def dumps(self, obj: Any) -> bytes:
+        raise NotImplementedError
+
+    def loads(self, data: bytes) -> Any:
+        """Decode bytes into plain values; raises :class:`MalformedMessage` only."""
+        raise NotImplementedError
+
+    def _splice(
+        self, head: dict[str, Any], key: str, parts: Sequence[bytes], tail: dict[str, Any]
+    ) -> bytes:
+        raise NotImplementedError
+
+    def encode(self, message: Message) -> bytes:
+        """Encode any message (client, server or room event)."""
+        return self.dumps(to_wire(message))
+
+    def encode_event(self, event: RoomEvent) -> bytes:
+        """Encode one room event, for splicing into batches with :meth:`encode_batch`."""
+        return self.dumps(to_wire(event))
+
+    def encode_batch(self, room: str, parts: Sequence[bytes]) -> bytes:
+        """Payload of ``{"t": "batch", "room": room, "ev": [...]}`` from encoded events."""
+        return self._splice({"t": "batch", "room": room}, "ev", parts, {})
+
+    def encode_joined(self, joined: Joined, parts: Sequence[bytes]) -> bytes:
+        """Payload of ``joined`` whose ``recent`` list is the encoded events ``parts``.
+
+        ``joined.recent`` is ignored; ``parts`` stand in its place.
+        """
+        wire = to_wire(joined)
+        head = {k: v for k, v in wire.items() if k not in ("recent", "rid")}
+        tail = {"rid": wire["rid"]} if "rid" in wire else {}
+        return self._splice(head, "recent", parts, tail)
+
+    def decode_client(self, data: bytes) -> ClientMessage:
+        """Decode a client-to-server message.
+
+        Raises:
+            MalformedMessage: not one well-formed map in this codec.
+            UnknownMessageType: unknown ``t``.
+            InvalidField: a field missing, mistyped or out of range.
+        """
+        return from_wire(self.loads(data), CLIENT_TYPES)
+
+    def decode_server(self, data: bytes) -> ServerMessage:
+        """Decode a server-to-client message (clients, tests); raises as :meth:`decode_client`."""
+        return from_wire(self.loads(data), SERVER_TYPES)
+
+
+def _msgpack_container_header(n: int, small: int, b16: int, b32: int) -> bytes:
+    if n < 16:
+        return bytes((small | n,))
+    if n < 0x10000:
+        return struct.pack(">BH", b16, n)
+    return struct.pack(">BI", b32, n)
+
+
+class MsgpackCodec(Codec):
+    """MessagePack (the production codec), via the ``msgpack`` C extension.
+
+    Maps have string keys; strings are UTF-8 ``str`` types, never ``bin``; integers use
+    their shortest form. Extension types, binary strings and non-string map keys are not
+    part of the protocol and are rejected as malformed or invalid.
+    """
+
+    name = "msgpack"
+    subprotocol = "liveroom.v1.msgpack"
+    binary = True
+
+    def dumps(self, obj: Any) -> bytes:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                max_bin_len=0,
+                max_ext_len=0,
+                max_array_len=_MAX_ITEMS,
+                max_map_len=_MAX_ITEMS,
+                max_str_len=len(data),
+            )
+        except Exception as exc:  # the C unpacker raises many types; all mean "malformed"
+            raise MalformedMessage(f"not a msgpack message: {type(exc).__name__}") from None
+
+    def _splice(
+        self, head: dict[str, Any], key: str, parts: Sequence[bytes], tail: dict[str, Any]
+    ) -> bytes:
+        # Hand-assembled map: header, head pairs, key + array header + parts, tail pairs.
+        # Written by hand because it is the fan-out hot path: events are encoded once.
+        out = [_msgpack_container_header(len(head) + 1 + len(tail), 0x80, 0xDE, 0xDF)]
+        out.extend(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in head.items())
+        out.append(msgpack.packb(key))
+        out.append(_msgpack_container_header(len(parts), 0x90, 0xDC, 0xDD))
+        out.extend(parts)
+        out.extend(msgpack.packb(k) + msgpack.packb(v, use_bin_type=True) for k, v in tail.items())
+        return b"".join(out)
+
+
+class JsonCodec(Codec):
+    """JSON (for debugging and browser consoles), via ``orjson``: compact, UTF-8, text frames."""
+
+    name = "json"
+    subprotocol = "liveroom.v1.json"
+    binary = False
+
+    def dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessage(f"not a JSON message: {exc.msg}") from None
+
+    def _splice(
+        self, head: dict[str, Any], key: str, parts: Sequence[bytes], tail: dict[str, Any]
+    ) -> bytes:
+        out = orjson.dumps(head)[:-1] + b',"' + key.encode() + b'":[' + b",".join(parts) + b"]"
+        if tail:
+            out += b"," + orjson.dumps(tail)[1:-1]
+        return out + b"}"
+
+
+MSGPACK: Final = MsgpackCodec()
+JSON: Final = JsonCodec()
+CODECS: Final[dict[str, Codec]] = {c.subprotocol: c for c in (MSGPACK, JSON)}
+DEFAULT_SUBPROTOCOL: Final = MSGPACK.subprotocol
+
+
+def codec_for(subprotocol: str | None) -> Codec:
+    """The codec of a negotiated subprotocol; no subprotocol means msgpack."""
+    if subprotocol is None:
+        return MSGPACK
+    return CODECS[subprotocol]
