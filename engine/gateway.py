@@ -1,0 +1,438 @@
+"""Websocket gateway: one thin ``asyncio.Protocol`` per connection over websockets' sans-I/O core.
+
+The ``websockets`` ``ServerProtocol`` does the handshake, framing, size limits, ping/pong
+and the closing handshake; this module authenticates, decodes commands with the
+negotiated codec and hands them to rooms.
+
+Guarantees:
+- A connection's output is bounded: once its unsent bytes exceed
+  ``server.write_buffer_limit`` it is closed with 4008 (slow consumer) and nothing more is
+  queued for it; a peer that never completes the close is aborted after
+  ``server.close_timeout``.
+- Bad input from one peer closes at most that peer's connection, with the close code
+  SPEC.md documents; a refused command gets an ``error`` answer echoing its request id.
+- Quiet peers are pinged every ``heartbeat_interval``; peers silent for ``idle_timeout``
+  are closed with 4009. Handshakes that do not finish in ``handshake_timeout`` are dropped.
+- No task per connection: one sweeper walks all connections for timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from engine.auth import Claims, TokenError, TokenInvalid, anonymous_claims, verify_token
+from engine.config import Config
+from engine.room import Hub, Room
+from engine.wsframe import data_frame
+from protocol import (
+    CODECS,
+    MSGPACK,
+    Ack,
+    CloseCode,
+    Codec,
+    Error,
+    ErrorCode,
+    Join,
+    Leave,
+    Left,
+    Like,
+    Message,
+    Ping,
+    Pong,
+    ProtocolError,
+    SendComment,
+    Welcome,
+    codec_for,
+)
+
+__all__ = ["Connection", "Gateway", "GatewayStatistics"]
+
+log = logging.getLogger("liveroom.gateway")
+_ws_log = logging.getLogger("liveroom.ws")
+_SUBPROTOCOLS = list(CODECS)
+_CONTROL_CHARS = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatistics:
+    connections: int
+    authenticated: int
+    accepted_total: int
+    closed_by_code: dict[int, int]
+
+
+class Gateway:
+    """All connections of this process, their shared settings, and the timer sweep."""
+
+    def __init__(self, config: Config, hub: Hub) -> None:
+        self.config = config
+        self.hub = hub
+        self.connections: dict[Connection, None] = {}
+        self.accepted_total = 0
+        self.closed_by_code: dict[int, int] = {}
+        self._session_ids = itertools.count(1)
+        self._session_prefix = os.urandom(4).hex()
+        self.accepting = True
+        self.drained = asyncio.Event()  # set once shutting down and no connection is left
+
+    def new_session_id(self) -> str:
+        return f"{self._session_prefix}-{next(self._session_ids):x}"
+
+    def __call__(self) -> Connection:
+        """Protocol factory for ``loop.create_server``."""
+        return Connection(self)
+
+    def sweep(self) -> None:
+        """Run every connection's timers: handshake, heartbeat, idle and close timeouts."""
+        srv = self.config.server
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.check_timers(
+                now,
+                srv.handshake_timeout,
+                srv.heartbeat_interval,
+                srv.idle_timeout,
+                srv.close_timeout,
+            )
+
+    async def run_sweeper(self) -> None:
+        interval = min(1.0, self.config.server.heartbeat_interval / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+
+    def close_all(self, code: CloseCode, reason: str) -> None:
+        self.accepting = False
+        for conn in list(self.connections):
+            conn.close(code, reason)
+        if not self.connections:
+            self.drained.set()
+
+    def statistics(self) -> GatewayStatistics:
+        return GatewayStatistics(
+            connections=len(self.connections),
+            authenticated=sum(1 for c in self.connections if c.claims is not None),
+            accepted_total=self.accepted_total,
+            closed_by_code=dict(self.closed_by_code),
+        )
+
+
+class Connection(asyncio.Protocol):
+    """One websocket peer. All methods run on the event loop thread and never block."""
+
+    __slots__ = (
+        "_fragment_op",
+        "_fragments",
+        "claims",
+        "closing_since",
+        "codec",
+        "gateway",
+        "last_ping",
+        "last_recv",
+        "open",
+        "opened_at",
+        "rooms",
+        "session",
+        "transport",
+        "ws",
+    )
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.transport: asyncio.Transport | None = None
+        self.ws = ServerProtocol(
+            subprotocols=_SUBPROTOCOLS,  # type: ignore[arg-type]
+            max_size=gateway.config.server.max_message_size,
+            logger=_ws_log,
+        )
+        self.codec: Codec = MSGPACK
+        self.claims: Claims | None = None
+        self.session = ""
+        self.rooms: dict[str, Room] = {}
+        self.open = False  # True between welcome and close: room frames may be written
+        self.opened_at = self.last_recv = self.last_ping = time.monotonic()
+        self.closing_since: float | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragment_op = Opcode.BINARY
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.gateway.connections[self] = None
+
+    def data_received(self, data: bytes) -> None:
+        self.last_recv = time.monotonic()
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Frame):
+                self._on_frame(event)
+            elif isinstance(event, Request):
+                self._on_request(event)
+        self._write_pending()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._write_pending()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self._leave_all()
+        gateway = self.gateway
+        gateway.connections.pop(self, None)
+        if not gateway.accepting and not gateway.connections:
+            gateway.drained.set()
+        code = self.ws.close_code if self.ws.close_sent is not None else None
+        if code is not None:
+            by_code = self.gateway.closed_by_code
+            by_code[code] = by_code.get(code, 0) + 1
+
+    # --- output -----------------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a complete websocket frame; cut the peer off if it reads too slowly."""
+        if not self.open:
+            return
+        transport = self.transport
+        assert transport is not None
+        transport.write(frame)
+        if transport.get_write_buffer_size() > self.gateway.config.server.write_buffer_limit:
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many unsent bytes")
+
+    def send(self, message: Message) -> None:
+        codec = self.codec
+        self.send_frame(data_frame(codec.encode(message), binary=codec.binary))
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Start the closing handshake with ``code``; no more room frames are written."""
+        self.open = False
+        self._leave_all()
+        if self.closing_since is None:
+            self.closing_since = time.monotonic()
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(code, reason[:120])
+            self._write_pending()
+        elif self.ws.state is State.CONNECTING and self.transport is not None:
+            self.transport.abort()
+
+    def _write_pending(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            else:  # SEND_EOF: the websocket is done; close once the buffer is flushed
+                self.open = False
+                if self.closing_since is None:
+                    self.closing_since = time.monotonic()
+                transport.close()
+
+    def check_timers(
+        self, now: float, handshake: float, heartbeat: float, idle: float, close: float
+    ) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self.closing_since is not None:
+            if now - self.closing_since > close:
+                transport.abort()
+        elif self.ws.state is State.CONNECTING:
+            if now - self.opened_at > handshake:
+                transport.abort()
+        elif now - self.last_recv > idle:
+            self.close(CloseCode.IDLE_TIMEOUT, f"idle for more than {idle:g} s")
+        elif now - self.last_recv > heartbeat and now - self.last_ping > heartbeat:
+            self.last_ping = now
+            self.ws.send_ping(b"")
+            self._write_pending()
+
+    # --- handshake and authentication -----------------------------------------------------
+
+    def _on_request(self, request: Request) -> None:
+        ws = self.ws
+        response = ws.accept(request)
+        ws.send_response(response)
+        self._write_pending()  # the 101 response must precede any frame
+        if response.status_code != 101:
+            return
+        gateway = self.gateway
+        self.codec = codec_for(ws.subprotocol)
+        self.session = gateway.new_session_id()
+        if not gateway.accepting:
+            self.close(CloseCode.GOING_AWAY, "server shutting down")
+            return
+        if len(gateway.connections) > gateway.config.server.max_connections:
+            self.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
+            return
+        try:
+            claims = self._authenticate(request)
+        except TokenError as exc:
+            self.close(CloseCode(exc.close_code), f"{exc.code}: {exc}")
+            return
+        self.claims = claims
+        self.open = True
+        gateway.accepted_total += 1
+        self.send(
+            Welcome(
+                session=self.session,
+                user_id=claims.user_id,
+                name=claims.name,
+                role=str(claims.role),
+                heartbeat_ms=int(gateway.config.server.heartbeat_interval * 1000),
+                server_time=_now_ms(),
+            )
+        )
+
+    def _authenticate(self, request: Request) -> Claims:
+        auth = self.gateway.config.auth
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        token = query.get("token", [""])[0]
+        header = request.headers.get("Authorization", "")
+        if not token and header.lower().startswith("bearer "):
+            token = header[7:].strip()
+        if not token:
+            if auth.allow_anonymous:
+                return anonymous_claims(self.session, time.time())
+            raise TokenInvalid("a token is required")
+        return verify_token(auth.secret, token, time.time())
+
+    # --- incoming messages --------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        payload = bytes(frame.data)
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if frame.fin:
+                self._on_message(op, payload)
+            else:
+                self._fragments, self._fragment_op = [payload], op
+        elif op is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(payload)
+            if frame.fin:
+                data, self._fragments = b"".join(self._fragments), None
+                self._on_message(self._fragment_op, data)
+        elif op is Opcode.CLOSE:
+            self.open = False
+            self._leave_all()
+
+    def _on_message(self, op: Opcode, data: bytes) -> None:
+        if not self.open:
+            return
+        codec = self.codec
+        if (op is Opcode.BINARY) != codec.binary:
+            kind = "binary" if op is Opcode.BINARY else "text"
+            self.close(CloseCode.UNSUPPORTED_DATA, f"{kind} frames are not {codec.subprotocol}")
+            return
+        try:
+            message = codec.decode_client(data)
+        except ProtocolError as exc:
+            if exc.close_code is not None:
+                self.close(exc.close_code, str(exc))
+            else:
+                self.send(Error(code=exc.code, message=str(exc), rid=exc.rid))
+            return
+        if isinstance(message, SendComment):
+            self._on_comment(message)
+        elif isinstance(message, Like):
+            self._on_like(message)
+        elif isinstance(message, Join):
+            self._on_join(message)
+        elif isinstance(message, Leave):
+            self._on_leave(message)
+        elif isinstance(message, Ping):
+            self.send(Pong(server_time=_now_ms(), rid=message.rid))
+
+    def _refuse(self, code: ErrorCode, message: str, rid: str | int | None) -> None:
+        self.send(Error(code=code, message=message, rid=rid))
+
+    def _on_join(self, msg: Join) -> None:
+        claims = self.claims
+        assert claims is not None
+        if not claims.can_join(msg.room):
+            self._refuse(
+                ErrorCode.FORBIDDEN_ROOM, f"token does not admit room {msg.room!r}", msg.rid
+            )
+            return
+        room = self.rooms.pop(msg.room, None)
+        if room is not None:
+            room.leave(self)  # a second join restarts the subscription
+        elif len(self.rooms) >= self.gateway.config.rooms.max_rooms_per_connection:
+            limit = self.gateway.config.rooms.max_rooms_per_connection
+            self._refuse(ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms per connection", msg.rid)
+            return
+        room = self.gateway.hub.room(msg.room)
+        result = room.join(self, offset=msg.offset, epoch=msg.epoch, rid=msg.rid)
+        self.rooms[msg.room] = room
+        codec = self.codec
+        self.send_frame(data_frame(result.payload(codec), binary=codec.binary))
+
+    def _on_leave(self, msg: Leave) -> None:
+        room = self.rooms.pop(msg.room, None)
+        if room is None:
+            self._refuse(ErrorCode.NOT_JOINED, f"not in room {msg.room!r}", msg.rid)
+            return
+        room.leave(self)
+        self.send(Left(room=msg.room, rid=msg.rid))
+
+    def _writable_room(self, room_name: str, rid: str | int | None) -> Room | None:
+        room = self.rooms.get(room_name)
+        if room is None:
+            self._refuse(ErrorCode.NOT_JOINED, f"join room {room_name!r} first", rid)
+            return None
+        claims = self.claims
+        assert claims is not None
+        if not claims.can_write:
+            self._refuse(ErrorCode.READ_ONLY, "anonymous viewers cannot comment or like", rid)
+            return None
+        return room
+
+    def _on_comment(self, msg: SendComment) -> None:
+        room = self._writable_room(msg.room, msg.rid)
+        if room is None:
+            return
+        text = msg.text.strip()
+        limit = self.gateway.config.rooms.max_comment_length
+        if not text:
+            self._refuse(ErrorCode.EMPTY_COMMENT, "comment text is empty", msg.rid)
+        elif len(text) > limit:
+            self._refuse(ErrorCode.COMMENT_TOO_LONG, f"comment longer than {limit}", msg.rid)
+        elif not _CONTROL_CHARS.isdisjoint(text):
+            self._refuse(ErrorCode.INVALID_FIELD, "text: control characters", msg.rid)
+        else:
+            claims = self.claims
+            assert claims is not None
+            offset = room.publish_comment(user_id=claims.user_id, name=claims.name, text=text)
+            if msg.rid is not None:
+                self.send(Ack(rid=msg.rid, offset=offset))
+
+    def _on_like(self, msg: Like) -> None:
+        room = self._writable_room(msg.room, msg.rid)
+        if room is None:
+            return
+        room.add_likes(msg.count)
+        if msg.rid is not None:
+            self.send(Ack(rid=msg.rid))
+
+    def _leave_all(self) -> None:
+        if self.rooms:
+            for room in self.rooms.values():
+                room.leave(self)
+            self.rooms.clear()
