@@ -1,0 +1,469 @@
+"""Configuration of a liveroom node: embedded defaults, an optional TOML file, env overrides.
+
+Guarantees:
+
+* ``Config()`` alone is a complete, valid configuration: no file is needed to start.
+* :func:`load_config` applies, in this order, the defaults, the TOML file (if given) and the
+  ``LIVEROOM_<SECTION>_<KEY>`` environment variables, then validates the result. It returns
+  a valid :class:`Config` or raises :class:`ConfigError`, whose message always starts with
+  the setting at fault (``server.port: ...``) or the file / variable that could not be used.
+* Unknown settings are errors, never silently ignored: a typo cannot leave a default in force.
+* :func:`render_config` never prints a secret (see :data:`SECRET_KEYS`), and its output
+  (with secrets revealed) loads back to the same configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ENV_CONFIG_PATH",
+    "ENV_PREFIX",
+    "LOG_LEVELS",
+    "SECRET_KEYS",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "RoomsConfig",
+    "ServerConfig",
+    "env_var_name",
+    "load_config",
+    "render_config",
+    "validate_config",
+]
+
+ENV_PREFIX = "LIVEROOM_"
+"""Prefix of every environment variable that overrides a setting."""
+
+ENV_CONFIG_PATH = "LIVEROOM_CONFIG"
+"""Environment variable naming the config file (read by the CLI, ignored by load_config)."""
+
+SECRET_KEYS = frozenset({"auth.secret"})
+"""Settings whose values are never printed nor echoed in error messages."""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_MASK = "***"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the setting, file or variable.
+
+    Example: ``server.port: must be an integer in 0..65535, got 'abc'``.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The websocket listener and the limits it enforces per connection."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0 = pick a free port (tests)
+    max_connections: int = 20000
+    max_message_size: int = 4096  # bytes, largest client message accepted
+    write_buffer_limit: int = 1048576  # bytes unsent to one client before it is cut off
+    heartbeat_interval: float = 20.0  # seconds between server pings to a quiet client
+    idle_timeout: float = 60.0  # seconds without any bytes from a client before closing it
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0  # seconds to wait for the closing handshake
+    tls_cert: str = ""  # path; TLS (wss) is on when both tls_cert and tls_key are set
+    tls_key: str = ""
+    uvloop: bool = True
+    reuse_port: bool = False
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener serves TLS (wss): both certificate and key are set."""
+        return bool(self.tls_cert and self.tls_key)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Token verification and minting."""
+
+    secret: str = "dev-secret-change-me"  # HMAC key; masked when printed
+    allow_anonymous: bool = False  # anonymous read-only viewers may connect without a token
+    token_ttl: float = 3600.0  # default lifetime of tokens minted by `liveroom token`
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsConfig:
+    """Per-room buffers and per-connection room limits."""
+
+    history_size: int = 1000  # events kept per room in the ring buffer (for reconnects)
+    snapshot_size: int = 50  # recent events sent to a late joiner
+    min_flush_interval_ms: float = 0.0  # minimum interval between two batch frames of a room
+    max_comment_length: int = 200  # characters
+    max_rooms_per_connection: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration of one node."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    log_level: str = "info"  # one of LOG_LEVELS
+
+
+# --------------------------------------------------------------------------- schema
+
+_SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if dataclasses.is_dataclass(typing.get_type_hints(Config)[f.name])
+}
+"""Section name -> section dataclass (``server`` -> ServerConfig, ...)."""
+
+_TOP_LEVEL: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name not in _SECTIONS
+}
+"""Top-level setting name -> type (``log_level`` -> str)."""
+
+_SECTION_KEYS: dict[str, dict[str, type]] = {
+    name: dict(typing.get_type_hints(cls)) for name, cls in _SECTIONS.items()
+}
+"""Section name -> {key -> type}."""
+
+
+def _dotted(section: str | None, key: str) -> str:
+    return key if section is None else f"{section}.{key}"
+
+
+def env_var_name(setting: str) -> str:
+    """Return the environment variable that overrides a setting.
+
+    Args:
+        setting: dotted setting name, e.g. ``"server.port"`` or ``"log_level"``.
+
+    Returns:
+        e.g. ``"LIVEROOM_SERVER_PORT"`` or ``"LIVEROOM_LOG_LEVEL"``.
+    """
+    return ENV_PREFIX + setting.replace(".", "_").upper()
+
+
+_ENV_VARS: dict[str, tuple[str | None, str, type]] = {
+    env_var_name(_dotted(None, key)): (None, key, typ) for key, typ in _TOP_LEVEL.items()
+} | {
+    env_var_name(_dotted(section, key)): (section, key, typ)
+    for section, keys in _SECTION_KEYS.items()
+    for key, typ in keys.items()
+}
+"""Environment variable -> (section or None, key, type)."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _shown(setting: str, value: object) -> str:
+    """The value as it may appear in an error message (secrets masked)."""
+    return _MASK if setting in SECRET_KEYS else repr(value)
+
+
+_TYPE_NAMES: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    str: "a string",
+}
+
+
+def _from_toml(setting: str, typ: type, value: object) -> object:
+    """Check a TOML value against the setting's type; ints are accepted for floats."""
+    if typ is bool:
+        ok = isinstance(value, bool)
+    elif typ is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif typ is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok:
+            value = float(typing.cast(float, value))
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(
+            f"{setting}: must be {_TYPE_NAMES[typ]}, got {type(value).__name__} "
+            f"{_shown(setting, value)}"
+        )
+    return value
+
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def _from_env(setting: str, typ: type, raw: str, var: str) -> object:
+    """Parse an environment variable's text as the setting's type."""
+    text = raw.strip()
+    try:
+        if typ is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(raw)
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+    except ValueError:
+        hint = " (true/false, 1/0, yes/no)" if typ is bool else ""
+        raise ConfigError(
+            f"{setting}: must be {_TYPE_NAMES[typ]}{hint}, got {_shown(setting, raw)} (from {var})"
+        ) from None
+    return raw
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as fp:
+            return tomllib.load(fp)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read config file: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: not a valid TOML file: {exc}") from None
+
+
+def _unknown(setting: str, candidates: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(setting, candidates, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{setting}: unknown setting{hint}")
+
+
+def _apply_toml(
+    document: Mapping[str, Any],
+    top: dict[str, object],
+    sections: dict[str, dict[str, object]],
+) -> None:
+    all_settings = list(_TOP_LEVEL) + [
+        _dotted(s, k) for s, keys in _SECTION_KEYS.items() for k in keys
+    ]
+    for name, value in document.items():
+        if name in _TOP_LEVEL:
+            top[name] = _from_toml(name, _TOP_LEVEL[name], value)
+        elif name in _SECTION_KEYS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: must be a table ([{name}]), got {value!r}")
+            keys = _SECTION_KEYS[name]
+            for key, item in value.items():
+                setting = _dotted(name, key)
+                if key not in keys:
+                    raise _unknown(setting, all_settings)
+                sections[name][key] = _from_toml(setting, keys[key], item)
+        else:
+            raise _unknown(name, all_settings + list(_SECTION_KEYS))
+
+
+def _apply_env(
+    env: Mapping[str, str],
+    top: dict[str, object],
+    sections: dict[str, dict[str, object]],
+) -> None:
+    unknown = sorted(
+        var
+        for var in env
+        if var.startswith(ENV_PREFIX) and var != ENV_CONFIG_PATH and var not in _ENV_VARS
+    )
+    if unknown:
+        hints = []
+        for var in unknown:
+            close = difflib.get_close_matches(var, list(_ENV_VARS), n=1)
+            hints.append(f"{var} (did you mean {close[0]}?)" if close else var)
+        raise ConfigError(f"unknown environment variable(s): {', '.join(hints)}")
+    for var, (section, key, typ) in _ENV_VARS.items():
+        if var not in env:
+            continue
+        value = _from_env(_dotted(section, key), typ, env[var], var)
+        if section is None:
+            top[key] = value
+        else:
+            sections[section][key] = value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the effective configuration: defaults <- TOML file <- environment variables.
+
+    Args:
+        path: optional TOML file; its tables are the sections (``[server]``, ``[auth]``,
+            ``[rooms]``) and ``log_level`` is a top-level key.
+        env: environment to read ``LIVEROOM_<SECTION>_<KEY>`` overrides from (e.g.
+            ``LIVEROOM_SERVER_PORT=9000``, ``LIVEROOM_LOG_LEVEL=debug``); defaults to
+            ``os.environ``. ``LIVEROOM_CONFIG`` is ignored here (the CLI reads it).
+
+    Returns:
+        A validated :class:`Config`.
+
+    Raises:
+        ConfigError: the file is missing or not TOML; a key or ``LIVEROOM_*`` variable is
+            unknown; a value has the wrong type or is out of range (see
+            :func:`validate_config`).
+    """
+    top: dict[str, object] = {}
+    sections: dict[str, dict[str, object]] = {name: {} for name in _SECTIONS}
+    if path is not None:
+        _apply_toml(_read_toml(path), top, sections)
+    _apply_env(os.environ if env is None else env, top, sections)
+
+    base = Config()
+    changes: dict[str, Any] = dict(top)
+    for name, values in sections.items():
+        changes[name] = dataclasses.replace(getattr(base, name), **values)
+    config = dataclasses.replace(base, **changes)
+    validate_config(config)
+    return config
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_int(setting: str, value: int, lo: int, hi: int | None = None) -> None:
+    if lo <= value and (hi is None or value <= hi):
+        return
+    bounds = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+    raise ConfigError(f"{setting}: must be an integer {bounds}, got {value!r}")
+
+
+def _check_float(setting: str, value: float, *, allow_zero: bool = False) -> None:
+    if math.isfinite(value) and (value > 0 or (allow_zero and value == 0)):
+        return
+    bounds = ">= 0" if allow_zero else "> 0"
+    raise ConfigError(f"{setting}: must be a finite number {bounds}, got {value!r}")
+
+
+def validate_config(config: Config) -> None:
+    """Check ranges and cross-setting rules of a configuration.
+
+    Args:
+        config: the configuration to check, e.g. after CLI overrides were applied.
+
+    Raises:
+        ConfigError: naming the first setting that is out of range: ports outside
+            0..65535, sizes and limits not > 0, intervals not finite and > 0
+            (``rooms.min_flush_interval_ms`` may be 0), ``rooms.snapshot_size`` above
+            ``rooms.history_size``, only one of ``server.tls_cert`` / ``server.tls_key``
+            set or a file missing, an empty ``auth.secret`` or ``server.host``, or a
+            ``log_level`` not in :data:`LOG_LEVELS`.
+    """
+    s = config.server
+    if not s.host:
+        raise ConfigError("server.host: must not be empty")
+    _check_int("server.port", s.port, 0, 65535)
+    _check_int("server.max_connections", s.max_connections, 1)
+    _check_int("server.max_message_size", s.max_message_size, 1)
+    _check_int("server.write_buffer_limit", s.write_buffer_limit, 1)
+    _check_float("server.heartbeat_interval", s.heartbeat_interval)
+    _check_float("server.idle_timeout", s.idle_timeout)
+    _check_float("server.handshake_timeout", s.handshake_timeout)
+    _check_float("server.close_timeout", s.close_timeout)
+    if bool(s.tls_cert) != bool(s.tls_key):
+        missing = "server.tls_key" if s.tls_cert else "server.tls_cert"
+        raise ConfigError(
+            f"{missing}: must be set together with "
+            f"{'server.tls_cert' if s.tls_cert else 'server.tls_key'} (or both left empty)"
+        )
+    for setting, file in (("server.tls_cert", s.tls_cert), ("server.tls_key", s.tls_key)):
+        if file and not os.path.isfile(file):
+            raise ConfigError(f"{setting}: file not found: {file!r}")
+
+    a = config.auth
+    if not a.secret:
+        raise ConfigError("auth.secret: must not be empty")
+    _check_float("auth.token_ttl", a.token_ttl)
+
+    r = config.rooms
+    _check_int("rooms.history_size", r.history_size, 1)
+    _check_int("rooms.snapshot_size", r.snapshot_size, 1)
+    if r.snapshot_size > r.history_size:
+        raise ConfigError(
+            f"rooms.snapshot_size: must be <= rooms.history_size ({r.history_size}), "
+            f"got {r.snapshot_size}"
+        )
+    _check_float("rooms.min_flush_interval_ms", r.min_flush_interval_ms, allow_zero=True)
+    _check_int("rooms.max_comment_length", r.max_comment_length, 1)
+    _check_int("rooms.max_rooms_per_connection", r.max_rooms_per_connection, 1)
+
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(
+            f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}"
+        )
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _toml_string(text: str) -> str:
+    out = ['"']
+    for ch in text:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return _toml_string(str(value))
+
+
+def render_config(config: Config, *, reveal_secrets: bool = False) -> str:
+    """Render a configuration as TOML text, e.g. to print the effective config at start.
+
+    Args:
+        config: the configuration to render.
+        reveal_secrets: print secrets as they are; by default every setting in
+            :data:`SECRET_KEYS` is shown as ``"***"``.
+
+    Returns:
+        TOML text that :func:`load_config` reads back to ``config`` (with secrets revealed;
+        masked, the secrets load back as ``"***"``).
+    """
+    lines: list[str] = []
+    for key in _TOP_LEVEL:
+        lines.append(f"{key} = {_toml_value(getattr(config, key))}")
+    for section in _SECTIONS:
+        lines.append("")
+        lines.append(f"[{section}]")
+        values = getattr(config, section)
+        for key in _SECTION_KEYS[section]:
+            value = getattr(values, key)
+            if not reveal_secrets and _dotted(section, key) in SECRET_KEYS:
+                value = _MASK
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
