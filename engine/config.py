@@ -103,6 +103,9 @@ class RoomsConfig:
     min_flush_interval_ms: float = 0.0  # minimum interval between two batch frames of a room
     max_comment_length: int = 200  # characters
     max_rooms_per_connection: int = 4
+    comment_rate: float = 5.0  # comments per second one connection may sustain
+    comment_burst: int = 10  # comments one connection may send at once before the rate applies
+    conflate_interval_ms: float = 250.0  # like totals and viewer counts go out at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +402,9 @@ def validate_config(config: Config) -> None:
     _check_float("rooms.min_flush_interval_ms", r.min_flush_interval_ms, allow_zero=True)
     _check_int("rooms.max_comment_length", r.max_comment_length, 1)
     _check_int("rooms.max_rooms_per_connection", r.max_rooms_per_connection, 1)
+    _check_float("rooms.comment_rate", r.comment_rate)
+    _check_int("rooms.comment_burst", r.comment_burst, 1)
+    _check_float("rooms.conflate_interval_ms", r.conflate_interval_ms)
 
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(

@@ -138,6 +138,8 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_fragment_op",
         "_fragments",
+        "_tokens",
+        "_tokens_at",
         "claims",
         "closing_since",
         "codec",
@@ -169,6 +171,8 @@ class Connection(asyncio.Protocol):
         self.closing_since: float | None = None
         self._fragments: list[bytes] | None = None
         self._fragment_op = Opcode.BINARY
+        self._tokens = float(gateway.config.rooms.comment_burst)  # comment token bucket
+        self._tokens_at = self.opened_at
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -416,12 +420,27 @@ class Connection(asyncio.Protocol):
             self._refuse(ErrorCode.COMMENT_TOO_LONG, f"comment longer than {limit}", msg.rid)
         elif not _CONTROL_CHARS.isdisjoint(text):
             self._refuse(ErrorCode.INVALID_FIELD, "text: control characters", msg.rid)
+        elif not self._take_comment_token():
+            rate = self.gateway.config.rooms.comment_rate
+            self._refuse(ErrorCode.RATE_LIMITED, f"more than {rate:g} comments/s", msg.rid)
         else:
             claims = self.claims
             assert claims is not None
             offset = room.publish_comment(user_id=claims.user_id, name=claims.name, text=text)
             if msg.rid is not None:
                 self.send(Ack(rid=msg.rid, offset=offset))
+
+    def _take_comment_token(self) -> bool:
+        rooms = self.gateway.config.rooms
+        now = self.last_recv
+        self._tokens = min(
+            float(rooms.comment_burst), self._tokens + (now - self._tokens_at) * rooms.comment_rate
+        )
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
     def _on_like(self, msg: Like) -> None:
         room = self._writable_room(msg.room, msg.rid)

@@ -21,10 +21,9 @@ from engine.gateway import Gateway
 from engine.room import Hub
 from protocol import CloseCode
 
-__all__ = ["CONFLATE_INTERVAL", "LiveroomServer", "run"]
+__all__ = ["LiveroomServer", "run"]
 
 log = logging.getLogger("liveroom.server")
-CONFLATE_INTERVAL = 0.25  # seconds: like totals and viewer counts go out at most this often
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -95,7 +94,7 @@ class LiveroomServer:
     async def _tick(self) -> None:
         assert self.hub is not None
         while True:
-            await asyncio.sleep(CONFLATE_INTERVAL)
+            await asyncio.sleep(self.config.rooms.conflate_interval_ms / 1000)
             self.hub.tick()
 
     async def close(self) -> None:

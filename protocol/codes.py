@@ -40,4 +40,5 @@ class ErrorCode(enum.StrEnum):
     NOT_JOINED = "not_joined"  # command for a room the connection has not joined
     TOO_MANY_ROOMS = "too_many_rooms"
     READ_ONLY = "read_only"  # anonymous viewers cannot comment or like
+    RATE_LIMITED = "rate_limited"  # comments faster than the server's per-connection rate
     INTERNAL = "internal"
