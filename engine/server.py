@@ -16,7 +16,7 @@ import signal
 import ssl
 import sys
 
-from engine.config import Config
+from engine.config import AuthConfig, Config
 from engine.gateway import Gateway
 from engine.room import Hub
 from protocol import CloseCode
@@ -131,6 +131,8 @@ async def serve_until_signalled(config: Config) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config.auth.secret == AuthConfig().secret:
+        log.warning("auth.secret is the built-in development secret: set LIVEROOM_AUTH_SECRET")
     async with LiveroomServer(config) as server:
         # Long-lived objects made so far (modules, config) need no more GC scans.
         gc.freeze()
