@@ -24,12 +24,15 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from websockets.exceptions import NegotiationError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from engine.auth import Claims, TokenError, TokenInvalid, anonymous_claims, verify_token
 from engine.config import Config
@@ -60,8 +63,23 @@ __all__ = ["Connection", "Gateway", "GatewayStatistics"]
 
 log = logging.getLogger("liveroom.gateway")
 _ws_log = logging.getLogger("liveroom.ws")
-_SUBPROTOCOLS = list(CODECS)
+_SUBPROTOCOLS = [Subprotocol(name) for name in CODECS]
 _CONTROL_CHARS = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+def _select_subprotocol(
+    protocol: ServerProtocol, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """Ours that the client offers (our order); none offered means msgpack (``codec_for``).
+
+    websockets' default refuses a client that offers no subprotocol with 400.
+    """
+    if not offered:
+        return None
+    for subprotocol in _SUBPROTOCOLS:
+        if subprotocol in offered:
+            return subprotocol
+    raise NegotiationError("unsupported subprotocol; expected one of " + ", ".join(_SUBPROTOCOLS))
 
 
 def _now_ms() -> int:
@@ -158,7 +176,8 @@ class Connection(asyncio.Protocol):
         self.gateway = gateway
         self.transport: asyncio.Transport | None = None
         self.ws = ServerProtocol(
-            subprotocols=_SUBPROTOCOLS,  # type: ignore[arg-type]
+            subprotocols=_SUBPROTOCOLS,
+            select_subprotocol=_select_subprotocol,
             max_size=gateway.config.server.max_message_size,
             logger=_ws_log,
         )
@@ -204,7 +223,10 @@ class Connection(asyncio.Protocol):
         gateway.connections.pop(self, None)
         if not gateway.accepting and not gateway.connections:
             gateway.drained.set()
-        code = self.ws.close_code if self.ws.close_sent is not None else None
+        # The code this server closed with (ws.close_code would be the peer's, and only
+        # once the websockets state machine saw EOF, which it rarely has by now).
+        close_sent = self.ws.close_sent
+        code = close_sent.code if close_sent is not None else None
         if code is not None:
             by_code = self.gateway.closed_by_code
             by_code[code] = by_code.get(code, 0) + 1

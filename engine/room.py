@@ -151,7 +151,8 @@ class Room:
         self.subscribers.setdefault(sub.codec, {})[sub] = None
         self.empty_since = None
         # Events still pending are not in the answer: they reach the joiner in the next batch.
-        end = len(self.history) - (self.offset - self.flushed_offset)
+        # (More pending events than the history holds: none of the history is flushed yet.)
+        end = max(0, len(self.history) - (self.offset - self.flushed_offset))
         oldest = self.history[0].offset if end > 0 else self.flushed_offset + 1
         start = max(0, end - self.snapshot_size)
         resync = False

@@ -1,0 +1,135 @@
+"""engine.client.LiveroomClient against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from engine.client import CommandError, LiveroomClient
+from engine.server import LiveroomServer
+from protocol import CloseCode, Comment, ErrorCode
+from tests.conftest import ServerFactory, bounded, token
+
+ROOM = "room-1"
+
+
+async def next_comment(client: LiveroomClient, timeout: float = 5.0) -> tuple[str, Comment]:
+    """The next comment event, skipping conflated likes / viewers events."""
+    while True:
+        room, event = await client.next_event(timeout)
+        if isinstance(event, Comment):
+            return room, event
+
+
+@bounded(10)
+async def test_join_comment_and_next_event_deliver_to_both_clients(
+    server: LiveroomServer,
+) -> None:
+    async with (
+        await LiveroomClient.connect(server.url, token("alice")) as alice,
+        await LiveroomClient.connect(server.url, token("bob"), codec="json") as bob,
+    ):
+        assert alice.welcome.user_id == "alice" and bob.welcome.user_id == "bob"
+        joined = await alice.join(ROOM)
+        await bob.join(ROOM)
+        ack = await alice.comment(ROOM, "hello from alice")
+        assert ack.offset == joined.offset + 1
+        for client in (alice, bob):
+            room, comment = await next_comment(client)
+            assert (room, comment.text, comment.user_id, comment.offset) == (
+                ROOM,
+                "hello from alice",
+                "alice",
+                ack.offset,
+            )
+        assert bob.offsets[ROOM] == (joined.epoch, ack.offset)
+        pong = await bob.ping()
+        assert pong.server_time > 0
+
+
+@bounded(15)
+async def test_join_with_resume_after_reconnect_yields_exactly_the_missed_comments(
+    server: LiveroomServer,
+) -> None:
+    async with await LiveroomClient.connect(server.url, token("writer")) as writer:
+        await writer.join(ROOM)
+        viewer = await LiveroomClient.connect(server.url, token("viewer"))
+        await viewer.join(ROOM)
+        await writer.comment(ROOM, "seen")
+        _, seen = await next_comment(viewer)
+        remembered = dict(viewer.offsets)
+        await viewer.close()
+
+        for text in ("missed 1", "missed 2"):
+            await writer.comment(ROOM, text)
+
+        async with await LiveroomClient.connect(server.url, token("viewer")) as again:
+            again.offsets.update(remembered)  # what a reconnecting app carries over
+            joined = await again.join(ROOM, resume=True)
+            assert joined.resync is False
+            missed = [e for e in joined.recent if isinstance(e, Comment)]
+            assert [c.text for c in missed] == ["missed 1", "missed 2"]
+            assert [c.offset for c in missed] == [seen.offset + 1, seen.offset + 2]
+            assert again.offsets[ROOM] == (joined.epoch, seen.offset + 2)
+
+            await writer.comment(ROOM, "live")
+            _, live = await next_comment(again)
+            assert (live.text, live.offset) == ("live", seen.offset + 3)
+
+
+@bounded(10)
+async def test_join_with_resume_and_nothing_remembered_is_a_plain_join(
+    server: LiveroomServer,
+) -> None:
+    async with await LiveroomClient.connect(server.url, token("alice")) as alice:
+        await alice.join(ROOM)
+        await alice.comment(ROOM, "one")
+        async with await LiveroomClient.connect(server.url, token("bob")) as bob:
+            joined = await bob.join(ROOM, resume=True)
+            assert joined.resync is False
+            assert [e.text for e in joined.recent if isinstance(e, Comment)] == ["one"]
+            assert bob.offsets[ROOM] == (joined.epoch, 1)
+
+
+@bounded(10)
+async def test_refused_commands_raise_command_error_with_the_code(
+    server: LiveroomServer,
+) -> None:
+    async with await LiveroomClient.connect(server.url, token("alice", ["room-a"])) as alice:
+        with pytest.raises(CommandError) as forbidden:
+            await alice.join("room-b")
+        assert forbidden.value.code == ErrorCode.FORBIDDEN_ROOM
+        with pytest.raises(CommandError) as not_joined:
+            await alice.comment("room-a", "too early")
+        assert not_joined.value.code == ErrorCode.NOT_JOINED
+        await alice.join("room-a")
+        with pytest.raises(CommandError) as empty:
+            await alice.comment("room-a", "   ")
+        assert empty.value.code == ErrorCode.EMPTY_COMMENT
+        assert empty.value.error.rid is not None
+        with pytest.raises(CommandError) as left_twice:
+            await alice.leave("room-a")
+            await alice.leave("room-a")
+        assert left_twice.value.code == ErrorCode.NOT_JOINED
+        await alice.ping()  # still connected
+
+
+@bounded(10)
+async def test_connect_with_a_bad_token_raises_connection_closed(
+    server: LiveroomServer,
+) -> None:
+    with pytest.raises(ConnectionClosed) as info:
+        await LiveroomClient.connect(server.url, token("eve", secret="not-the-secret"))
+    assert info.value.rcvd is not None
+    assert info.value.rcvd.code == CloseCode.TOKEN_INVALID
+
+
+@bounded(10)
+async def test_likes_are_acknowledged(start_server: ServerFactory) -> None:
+    srv = await start_server()
+    async with await LiveroomClient.connect(srv.url, token("fan")) as fan:
+        await fan.join(ROOM)
+        ack = await fan.like(ROOM, 7)
+        assert ack.rid is not None and ack.offset is None
+        async with await LiveroomClient.connect(srv.url, token("late")) as late:
+            assert (await late.join(ROOM)).likes == 7

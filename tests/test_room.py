@@ -1,0 +1,315 @@
+"""Unit tests of engine.room: batching, snapshots, history, conflation, epochs.
+
+A fake subscriber records the complete websocket frames a room hands it; the tests parse
+each frame with websockets' own frame parser and decode the payload with the codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from engine.room import Hub, Room
+from protocol import JSON, MSGPACK, Batch, Codec, Comment, Joined, Likes, Viewers
+from tests.conftest import bounded, expect, wait_for_condition
+
+ROOM = "room-1"
+
+
+def parse_frame(data: bytes) -> Frame:
+    """Parse exactly one complete, unmasked server frame from ``data``."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as stop:
+        frame: Frame = stop.value
+    else:
+        raise AssertionError("incomplete frame")
+    assert not reader.buffer, "bytes left over after one frame"
+    assert frame.fin
+    return frame
+
+
+@dataclass(eq=False)
+class FakeSubscriber:
+    """Records frames; hashable by identity like a connection."""
+
+    codec: Codec = MSGPACK
+    frames: list[bytes] = field(default_factory=list)
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def batches(self) -> list[Batch]:
+        out = []
+        for data in self.frames:
+            frame = parse_frame(data)
+            assert frame.opcode is (Opcode.BINARY if self.codec.binary else Opcode.TEXT)
+            out.append(expect(self.codec.decode_server(bytes(frame.data)), Batch))
+        return out
+
+    def comment_offsets(self) -> list[int]:
+        return [e.offset for b in self.batches() for e in b.events if isinstance(e, Comment)]
+
+
+def make_room(
+    *, history_size: int = 100, snapshot_size: int = 10, min_flush_interval: float = 0.0
+) -> Room:
+    return Room(
+        ROOM,
+        history_size=history_size,
+        snapshot_size=snapshot_size,
+        min_flush_interval=min_flush_interval,
+        loop=asyncio.get_running_loop(),
+    )
+
+
+def publish(room: Room, text: str = "hello", user: str = "u1") -> int:
+    return room.publish_comment(user_id=user, name=user.upper(), text=text)
+
+
+def join(
+    room: Room, sub: FakeSubscriber, *, offset: int | None = None, epoch: str | None = None
+) -> Joined:
+    result = room.join(sub, offset=offset, epoch=epoch, rid="j")
+    return expect(sub.codec.decode_server(result.payload(sub.codec)), Joined)
+
+
+def comments_of(joined: Joined) -> list[int]:
+    return [e.offset for e in joined.recent if isinstance(e, Comment)]
+
+
+@bounded(5)
+async def test_comments_published_in_one_loop_turn_leave_in_one_batch_frame() -> None:
+    room = make_room()
+    sub = FakeSubscriber()
+    join(room, sub)
+    offsets = [publish(room, f"c{i}") for i in range(3)]
+    assert offsets == [1, 2, 3]
+    await asyncio.sleep(0)
+    assert len(sub.frames) == 1
+    (batch,) = sub.batches()
+    assert batch.room == ROOM
+    assert [e.offset for e in batch.events if isinstance(e, Comment)] == [1, 2, 3]
+    assert [e.text for e in batch.events if isinstance(e, Comment)] == ["c0", "c1", "c2"]
+    assert room.flushed_offset == 3
+
+
+@bounded(5)
+async def test_a_quiet_room_sends_a_comment_after_one_loop_turn_not_synchronously() -> None:
+    room = make_room()
+    sub = FakeSubscriber()
+    join(room, sub)
+    publish(room)
+    assert sub.frames == []  # publishing only schedules the flush
+    await asyncio.sleep(0)
+    assert sub.comment_offsets() == [1]
+
+
+@bounded(5)
+async def test_comment_carries_server_timestamp_user_and_epoch_based_id() -> None:
+    room = make_room()
+    sub = FakeSubscriber()
+    join(room, sub)
+    publish(room, "hi", user="bob")
+    await asyncio.sleep(0)
+    (batch,) = sub.batches()
+    (event,) = batch.events
+    comment = expect(event, Comment)
+    assert (comment.user_id, comment.name, comment.text) == ("bob", "BOB", "hi")
+    assert comment.id == f"{room.epoch}.1"
+    assert abs(comment.ts - time.time() * 1000) < 5000  # unix milliseconds, server clock
+
+
+@bounded(5)
+async def test_min_flush_interval_spaces_frames_and_batches_what_arrives_meanwhile() -> None:
+    interval = 0.1
+    room = make_room(min_flush_interval=interval)
+    sub = FakeSubscriber()
+    join(room, sub)
+    loop = asyncio.get_running_loop()
+    publish(room)
+    await asyncio.sleep(0)
+    assert len(sub.frames) == 1  # the first frame leaves at once
+    first_at = loop.time()
+    publish(room)
+    publish(room)
+    await asyncio.sleep(0)
+    assert len(sub.frames) == 1  # the second waits for the interval
+    await wait_for_condition(lambda: len(sub.frames) == 2, timeout=2)
+    assert loop.time() - first_at >= interval * 0.9
+    assert [[expect(e, Comment).offset for e in b.events] for b in sub.batches()] == [[1], [2, 3]]
+
+
+@bounded(5)
+async def test_join_while_an_event_is_pending_gets_it_in_the_batch_not_the_snapshot() -> None:
+    room = make_room()
+    early = FakeSubscriber()
+    join(room, early)
+    publish(room, "flushed")
+    await asyncio.sleep(0)
+    publish(room, "pending")
+    late = FakeSubscriber(codec=JSON)
+    joined = join(room, late)
+    assert comments_of(joined) == [1]
+    assert joined.offset == 1  # the offset of what the snapshot covers
+    await asyncio.sleep(0)
+    assert late.comment_offsets() == [2]
+    assert early.comment_offsets() == [1, 2]
+
+
+@bounded(5)
+async def test_join_with_more_pending_events_than_history_does_not_crash() -> None:
+    room = make_room(history_size=3, snapshot_size=3)
+    for i in range(5):
+        publish(room, f"c{i}")
+    sub = FakeSubscriber()
+    joined = join(room, sub)  # before the flush: all five are still pending
+    assert comments_of(joined) == []
+    assert joined.offset == 0
+    await asyncio.sleep(0)
+    assert sub.comment_offsets() == [1, 2, 3, 4, 5]
+
+
+@bounded(5)
+async def test_snapshot_holds_the_latest_snapshot_size_comments() -> None:
+    room = make_room(snapshot_size=3)
+    for i in range(5):
+        publish(room, f"c{i}")
+    await asyncio.sleep(0)
+    joined = join(room, FakeSubscriber())
+    assert comments_of(joined) == [3, 4, 5]
+    assert (joined.offset, joined.epoch, joined.resync, joined.viewers) == (
+        5,
+        room.epoch,
+        False,
+        1,
+    )
+
+
+@bounded(5)
+async def test_history_is_a_bounded_ring_buffer_and_resume_beyond_it_resyncs() -> None:
+    room = make_room(history_size=3, snapshot_size=2)
+    for i in range(5):
+        publish(room, f"c{i}")
+    await asyncio.sleep(0)
+    assert [e.offset for e in room.history] == [3, 4, 5]
+
+    resumed = join(room, FakeSubscriber(), offset=2, epoch=room.epoch)  # 3.. still held
+    assert (resumed.resync, comments_of(resumed)) == (False, [3, 4, 5])
+
+    up_to_date = join(room, FakeSubscriber(), offset=5, epoch=room.epoch)
+    assert (up_to_date.resync, comments_of(up_to_date)) == (False, [])
+
+    too_old = join(room, FakeSubscriber(), offset=1, epoch=room.epoch)  # 2 was evicted
+    assert (too_old.resync, comments_of(too_old)) == (True, [4, 5])
+
+    from_the_future = join(room, FakeSubscriber(), offset=9, epoch=room.epoch)
+    assert from_the_future.resync is True
+
+    other_epoch = join(room, FakeSubscriber(), offset=4, epoch="not-this-epoch")
+    assert (other_epoch.resync, comments_of(other_epoch)) == (True, [4, 5])
+
+
+@bounded(5)
+async def test_many_likes_are_conflated_into_one_likes_event_per_tick_latest_total() -> None:
+    room = make_room()
+    sub = FakeSubscriber()
+    join(room, sub)
+    for _ in range(10):
+        room.add_likes(1)
+    await asyncio.sleep(0)
+    assert sub.frames == []  # likes wait for the tick
+    room.tick()
+    await asyncio.sleep(0)
+    (batch,) = sub.batches()
+    assert [e for e in batch.events if isinstance(e, Likes)] == [Likes(total=10)]
+    assert [e for e in batch.events if isinstance(e, Viewers)] == [Viewers(count=1)]
+
+    room.add_likes(5)
+    room.tick()
+    room.add_likes(2)
+    room.tick()  # two ticks before a flush: only the latest total goes out
+    await asyncio.sleep(0)
+    assert len(sub.frames) == 2
+    assert list(sub.batches()[1].events) == [Likes(total=17)]
+
+    room.tick()  # nothing changed: nothing is sent
+    await asyncio.sleep(0)
+    assert len(sub.frames) == 2
+
+
+@bounded(5)
+async def test_viewers_event_follows_joins_and_leaves() -> None:
+    room = make_room()
+    a, b = FakeSubscriber(), FakeSubscriber(codec=JSON)
+    join(room, a)
+    join(room, b)
+    room.tick()
+    await asyncio.sleep(0)
+    assert a.batches()[-1].events == (Viewers(count=2),)
+    room.leave(b)
+    room.tick()
+    await asyncio.sleep(0)
+    assert a.batches()[-1].events == (Viewers(count=1),)
+    assert len(b.frames) == 1  # nothing after leaving
+
+
+@bounded(5)
+async def test_each_codec_gets_one_encoding_shared_by_all_its_subscribers() -> None:
+    room = make_room()
+    m1, m2 = FakeSubscriber(), FakeSubscriber()
+    j1 = FakeSubscriber(codec=JSON)
+    for sub in (m1, m2, j1):
+        join(room, sub)
+    publish(room, "héllo 👋")
+    await asyncio.sleep(0)
+    assert m1.frames[0] is m2.frames[0]  # the same bytes object, encoded once
+    assert parse_frame(j1.frames[0]).opcode is Opcode.TEXT
+    assert m1.batches()[0].events == j1.batches()[0].events
+    assert room.frames_written == 3
+
+
+@bounded(5)
+async def test_leaving_subscriber_gets_nothing_more() -> None:
+    room = make_room()
+    stays, leaves = FakeSubscriber(), FakeSubscriber()
+    join(room, stays)
+    join(room, leaves)
+    room.leave(leaves)
+    publish(room)
+    await asyncio.sleep(0)
+    assert stays.comment_offsets() == [1]
+    assert leaves.frames == []
+
+
+@bounded(5)
+async def test_epoch_differs_between_two_rooms_even_with_the_same_name() -> None:
+    first, second = make_room(), make_room()
+    assert first.epoch != second.epoch
+    assert 1 <= len(first.epoch) <= 32  # fits Joined.epoch on the wire
+
+
+@bounded(5)
+async def test_hub_creates_rooms_on_demand_and_drops_them_after_the_empty_ttl() -> None:
+    hub = Hub(history_size=10, snapshot_size=5, min_flush_interval=0.0, empty_room_ttl=0.05)
+    room = hub.room("a")
+    assert hub.room("a") is room
+    assert hub.get("b") is None
+    sub = FakeSubscriber()
+    room.join(sub, offset=None, epoch=None, rid=None)
+    await asyncio.sleep(0.1)
+    hub.tick()
+    assert hub.get("a") is room  # occupied rooms stay
+    room.leave(sub)
+    await asyncio.sleep(0.1)
+    hub.tick()
+    assert hub.get("a") is None
+    hub.close()
