@@ -3,7 +3,9 @@
 ``to_wire`` turns a message into the plain map that a codec serialises (``t`` first,
 then the schema's fields in order, ``None`` optionals left out). ``from_wire`` checks a
 decoded map against the schema of its type and builds the message; it raises only
-:class:`~protocol.errors.ProtocolError` subclasses, whatever the map holds.
+:class:`~protocol.errors.ProtocolError` subclasses, whatever the map holds. Unknown keys
+are ignored, and so are events of unknown type inside an event list (``ev``, ``recent``):
+both may be added within v1.
 """
 
 from __future__ import annotations
@@ -78,7 +80,17 @@ def _check(f: Field, value: Any, rid: Rid | None) -> Any:
     # events
     if not isinstance(value, list):
         raise InvalidField(f"{f.key}: expected a list of events", field=f.key, rid=rid)
-    return tuple(event_from_wire(item) for item in value)
+    # Event types added later within v1 are skipped, not refused (SPEC.md, versioning).
+    return tuple(event_from_wire(item) for item in value if not _is_unknown_event(item))
+
+
+def _is_unknown_event(item: Any) -> bool:
+    """Whether ``item`` is a well-formed map naming an event type this version lacks."""
+    return (
+        isinstance(item, dict)
+        and isinstance(item.get("t"), str)
+        and item["t"] not in ROOM_EVENT_TYPES
+    )
 
 
 def from_wire(obj: Any, types: Mapping[str, type[M]]) -> M:

@@ -1,0 +1,206 @@
+"""The committed test vectors (protocol/vectors/*.json) and SPEC.md hold for the codecs.
+
+Every valid vector encodes to exactly its bytes in both codecs and decodes back to the
+same typed message; every invalid vector is refused with the named error; the generator,
+run afresh, reproduces the committed files byte for byte; SPEC.md's field tables equal
+the schemas and its example exchange equals what the codecs produce.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from protocol import JSON, MSGPACK, CloseCode, Codec, ErrorCode, errors
+from protocol.messages import (
+    CLIENT_TYPES,
+    MAX_INT,
+    ROOM_EVENT_TYPES,
+    SERVER_TYPES,
+    Comment,
+    Field,
+    Likes,
+    Message,
+    Viewers,
+)
+from protocol.wire import event_from_wire, to_wire
+
+VECTORS_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
+CODECS: dict[str, Codec] = {"msgpack": MSGPACK, "json": JSON}
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "_liveroom_vectors_generate", VECTORS_DIR / "generate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GENERATOR = _load_generator()
+VALID: list[dict[str, Any]] = json.loads((VECTORS_DIR / "v1.json").read_text("utf-8"))
+INVALID: list[dict[str, Any]] = json.loads((VECTORS_DIR / "invalid.json").read_text("utf-8"))
+TYPED: dict[str, Message] = {name: message for name, _, message in GENERATOR.VALID}
+
+
+def _payload(vector: dict[str, Any], codec: str) -> bytes:
+    if codec == "msgpack":
+        return bytes.fromhex(vector["msgpack_hex"])
+    return str(vector["json"]).encode("utf-8")
+
+
+def _decode(codec: Codec, direction: str, data: bytes) -> Message:
+    if direction == "client":
+        return codec.decode_client(data)
+    if direction == "server":
+        return codec.decode_server(data)
+    return event_from_wire(codec.loads(data))
+
+
+def _ids(vectors: list[dict[str, Any]]) -> list[str]:
+    return [f"{v.get('codec', '')}:{v['name']}".lstrip(":") for v in vectors]
+
+
+def test_generator_reproduces_the_committed_files() -> None:
+    assert GENERATOR.render_valid() == (VECTORS_DIR / "v1.json").read_text("utf-8")
+    assert GENERATOR.render_invalid() == (VECTORS_DIR / "invalid.json").read_text("utf-8")
+
+
+def test_vector_names_are_unique() -> None:
+    assert len({v["name"] for v in VALID}) == len(VALID)
+    assert len({(v["codec"], v["name"]) for v in INVALID}) == len(INVALID)
+
+
+def test_vectors_cover_every_message_and_event_type() -> None:
+    seen = {(v["direction"], v["message"]["t"]) for v in VALID}
+    assert {("client", t) for t in CLIENT_TYPES} <= seen
+    assert {("server", t) for t in SERVER_TYPES} <= seen
+    assert {("event", t) for t in ROOM_EVENT_TYPES} <= seen
+
+
+def test_invalid_vectors_cover_every_error_in_both_codecs() -> None:
+    seen = {(v["codec"], v["error"]) for v in INVALID}
+    names = ("MalformedMessage", "UnknownMessageType", "InvalidField")
+    assert seen == {(c, e) for c in CODECS for e in names}
+
+
+@pytest.mark.parametrize("codec_name", list(CODECS))
+@pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
+def test_vector_encodes_to_exactly_its_bytes(vector: dict[str, Any], codec_name: str) -> None:
+    message = TYPED[vector["name"]]
+    codec = CODECS[codec_name]
+    assert to_wire(message) == vector["message"]
+    expected = _payload(vector, codec_name)
+    assert codec.encode(message) == expected
+    if vector["direction"] == "event":
+        assert isinstance(message, Comment | Likes | Viewers)
+        assert codec.encode_event(message) == expected
+
+
+@pytest.mark.parametrize("codec_name", list(CODECS))
+@pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
+def test_vector_decodes_to_the_same_message(vector: dict[str, Any], codec_name: str) -> None:
+    codec = CODECS[codec_name]
+    decoded = _decode(codec, vector["direction"], _payload(vector, codec_name))
+    assert decoded == TYPED[vector["name"]]
+    assert type(decoded) is type(TYPED[vector["name"]])
+
+
+@pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
+def test_vector_bytes_hold_the_wire_map(vector: dict[str, Any]) -> None:
+    # What a foreign decoder sees: the plain map, identical in both codecs.
+    assert MSGPACK.loads(_payload(vector, "msgpack")) == vector["message"]
+    assert JSON.loads(_payload(vector, "json")) == vector["message"]
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=_ids(INVALID))
+def test_invalid_vector_is_refused_with_the_named_error(vector: dict[str, Any]) -> None:
+    expected: type[errors.ProtocolError] = getattr(errors, vector["error"])
+    with pytest.raises(errors.ProtocolError) as info:
+        CODECS[vector["codec"]].decode_client(bytes.fromhex(vector["hex"]))
+    assert type(info.value) is expected
+
+
+# --- SPEC.md stays in step with the schemas and the codecs --------------------------------
+
+SPEC = (VECTORS_DIR.parent / "SPEC.md").read_text("utf-8")
+SPEC_SECTIONS = {"client": "## 5.", "server": "## 6.", "event": "## 7."}
+SCHEMAS: dict[str, Mapping[str, type[Any]]] = {
+    "client": CLIENT_TYPES,
+    "server": SERVER_TYPES,
+    "event": ROOM_EVENT_TYPES,
+}
+
+
+def _spec_tables(direction: str) -> dict[str, list[tuple[str, ...]]]:
+    """Field rows (key, type, req, bounds) of each message type in one SPEC.md section."""
+    section = SPEC.split(SPEC_SECTIONS[direction], 1)[1].split("\n## ", 1)[0]
+    tables: dict[str, list[tuple[str, ...]]] = {}
+    for block in section.split("\n### ")[1:]:
+        name = re.search(r"`(\w+)`", block.splitlines()[0])
+        assert name is not None
+        rows = [line for line in block.splitlines() if line.startswith("| `")]
+        tables[name.group(1)] = [
+            tuple(cell.strip().strip("`") for cell in row.split("|")[1:5]) for row in rows
+        ]
+    return tables
+
+
+def _schema_rows(cls: type[Any]) -> list[tuple[str, ...]]:
+    def bounds(f: Field) -> str:
+        if f.kind == "str":
+            return f"{f.lo}..{f.hi} chars"
+        if f.kind == "int":
+            return f"{f.lo}..{'2^53-1' if f.hi == MAX_INT else f.hi}"
+        return {"rid": "§4.3", "bool": "true / false", "events": "array of events"}[f.kind]
+
+    return [(f.key, f.kind, "yes" if f.required else "no", bounds(f)) for f in cls.SCHEMA]
+
+
+@pytest.mark.parametrize("direction", list(SPEC_SECTIONS))
+def test_spec_field_tables_match_the_schemas(direction: str) -> None:
+    tables = _spec_tables(direction)
+    types = SCHEMAS[direction]
+    assert sorted(tables) == sorted(types)
+    for name, cls in types.items():
+        assert tables[name] == _schema_rows(cls), name
+
+
+def test_spec_example_exchange_matches_the_codecs() -> None:
+    lines = SPEC.split("## 13.", 1)[1].splitlines()
+    checked = 0
+    for text, hex_line in itertools.pairwise(lines):
+        if not text.startswith(("← {", "→ {")):
+            continue
+        payload = text[2:].encode("utf-8")
+        decode = JSON.decode_server if text.startswith("←") else JSON.decode_client
+        message = decode(payload)
+        assert JSON.encode(message) == payload
+        assert MSGPACK.encode(message).hex() == hex_line.strip()
+        checked += 1
+    assert checked >= 10
+
+
+def _first_column(section: str) -> set[str]:
+    """First cells of the table rows in one SPEC.md section."""
+    text = SPEC.split(section, 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    return {row.split("|")[1].strip().strip("`") for row in rows}
+
+
+def test_spec_lists_every_error_code() -> None:
+    assert {code.value for code in ErrorCode} <= _first_column("## 9.")
+
+
+def test_spec_lists_every_close_code() -> None:
+    assert {str(int(code)) for code in CloseCode} <= _first_column("## 10.")
