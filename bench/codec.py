@@ -294,6 +294,14 @@ def _ratio(rows: list[Row], op: str, lib: str) -> float:
     return statistics.geometric_mean(ratios)
 
 
+def _path_ratio(rows: list[Row], op: str) -> float:
+    """Median over workloads of liveroom+msgspec's time / liveroom's for ``op``."""
+    by = {(r.workload, r.library): r.ns_per_event for r in rows if r.op == op}
+    return statistics.median(
+        by[(w, "liveroom+msgspec")] / by[(w, "liveroom")] for w, _, _ in WORKLOADS
+    )
+
+
 def _saving_ns(rows: list[Row], op: str, lib: str, than: str) -> float:
     """Largest ns per event that ``lib`` saves over ``than`` for ``op``, across workloads."""
     by = {(r.workload, r.library): r.ns_per_event for r in rows if r.op == op}
@@ -326,23 +334,30 @@ def _choice(rows: list[Row], options: list[str], identical: dict[str, Any]) -> s
             "would become InvalidField (connection kept) instead of MalformedMessage (1007), "
             "unless a Python pass re-checks every decoded value. "
         )
-    # One send() per viewer costs 3-5 us of kernel time (DESIGN.md section 3): a codec
-    # saving under 1 us per message is not worth a weaker input contract.
-    if (enc_saved >= 1000 or dec_saved >= 1000) and not identical["mismatches"]:
+    # Rule, fixed in advance so noise cannot flip it: msgspec only if it cuts our full
+    # path (typed message <-> bytes, with validation) by a quarter or more in both
+    # directions (median over workloads); less is not worth a weaker input contract.
+    path_enc = _path_ratio(rows, "encode")
+    path_dec = _path_ratio(rows, "decode")
+    text += (
+        f"Full path with msgspec underneath / with msgpack: {path_enc:.2f}x encode, "
+        f"{path_dec:.2f}x decode (median over workloads; the rule is < 0.75x both). "
+    )
+    if path_enc < 0.75 and path_dec < 0.75 and not identical["mismatches"]:
         return text + (
             "choice: msgspec. It saves a microsecond or more per message; wrap its decoder "
             "with an ext_hook that raises and re-check value types, and rely on the frame "
             "size cap (4096 bytes) for container sizes."
         )
     return text + (
-        "choice: msgpack (already the runtime dependency). msgspec saves well under a "
-        "microsecond per message here, while msgpack's decoder itself refuses ext, bin, "
-        "non-string keys and oversized containers, which the error classes of invalid.json "
-        "rely on. Most of the encode gap closes inside msgpack: a reused Packer instead of "
-        f"packb per call saves up to {packer_saved:.0f} ns per event. The bytes are identical, "
-        "so the library can be swapped later without touching the wire; the larger lever is "
-        "the Python validation (msgspec typed Structs would do it in C), a design change."
-    )
+        "choice: msgpack (already the runtime dependency). msgspec does not cut the full "
+            "path by a quarter in both directions, while msgpack's decoder itself refuses ext, "
+            "bin, non-string keys and oversized containers, which the error classes of "
+            "invalid.json rely on. protocol.codec already reuses one msgpack Packer. The bytes "
+            "are identical, so the library can be swapped later without touching the wire; the "
+            "larger lever is the Python validation (msgspec typed Structs would do it in C), a "
+            "design change."
+        )
 
 
 def _extras(overhead: float) -> dict[str, float]:
