@@ -312,7 +312,6 @@ def _choice(rows: list[Row], options: list[str], identical: dict[str, Any]) -> s
     raw_enc, raw_dec = _ratio(rows, "encode", "msgspec"), _ratio(rows, "decode", "msgspec")
     enc_saved = _saving_ns(rows, "encode", "liveroom+msgspec", "liveroom+Packer")
     dec_saved = _saving_ns(rows, "decode", "liveroom+msgspec", "liveroom")
-    packer_saved = _saving_ns(rows, "encode", "liveroom+Packer", "liveroom")
     limits = [o for o in options if o.startswith("max_")]
     same = "identical bytes" if not identical["mismatches"] else "DIFFERENT bytes"
     text = (

@@ -256,6 +256,15 @@ async def _probe_liveroom(argv: list[str], cpu: set[int] | None) -> tuple[bool, 
 # --------------------------------------------------------------------------- measuring
 
 
+def _system_busy_cpu() -> float:
+    """CPU-seconds all processes of the machine spent busy (from /proc/stat)."""
+    with open("/proc/stat") as fp:
+        fields = [int(x) for x in fp.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -288,10 +297,17 @@ class _Mark:
     counters: Counters
     server_cpu: float
     client_cpu: float
+    system_cpu: float
 
     @classmethod
     def take(cls, pool: ClientPool, server: ServerProc) -> _Mark:
-        return cls(time.monotonic(), pool.counters(), server.cpu_seconds(), _client_cpu())
+        return cls(
+            time.monotonic(),
+            pool.counters(),
+            server.cpu_seconds(),
+            _client_cpu(),
+            _system_busy_cpu(),
+        )
 
 
 def _rates(a: _Mark, b: _Mark) -> dict[str, Any]:
@@ -315,6 +331,17 @@ def _rates(a: _Mark, b: _Mark) -> dict[str, Any]:
         "frames_per_conn_max": max(per_conn, default=0),
         "server_cpu_pct": round((b.server_cpu - a.server_cpu) / seconds * 100, 1),
         "client_cpu_pct": round((b.client_cpu - a.client_cpu) / seconds * 100, 1),
+        # everything else on the machine (other processes, interrupts): noise indicator
+        "other_cpu_pct": round(
+            (
+                (b.system_cpu - a.system_cpu)
+                - (b.server_cpu - a.server_cpu)
+                - (b.client_cpu - a.client_cpu)
+            )
+            / seconds
+            * 100,
+            1,
+        ),
     }
 
 
@@ -363,6 +390,7 @@ def _loss(pool: ClientPool, start_off: int, before: Counters) -> dict[str, int]:
 
 def _reset_sampled(pool: ClientPool) -> None:
     pool.sink.latencies_us = []
+    pool.sink.fanout_us = []
     for conn in pool.sampled:
         conn.gaps = conn.dups = 0
 
@@ -385,6 +413,7 @@ async def _fixed_rate(pool: ClientPool, server: ServerProc, rate: int, p: Params
     result = {"target_rate": rate, "comments_sent": total, **_rates(a, b)}
     result["expected_events_per_s"] = round(total / (b.at - a.at)) * len(pool.viewers)
     result["latency_ms"] = _latency_ms(pool.sink.latencies_us)
+    result["fanout_latency_ms"] = _latency_ms(pool.sink.fanout_us)
     result.update(_loss(pool, start_off, a.counters))
     result["drain_s"] = round(drain_s, 3)
     return result
@@ -415,6 +444,7 @@ async def _max_rate(pool: ClientPool, server: ServerProc, p: Params) -> dict[str
         **_rates(a, b),
     }
     result["latency_ms"] = _latency_ms(pool.sink.latencies_us)
+    result["fanout_latency_ms"] = _latency_ms(pool.sink.fanout_us)
     result.update(_loss(pool, start_off, before))
     pool.sink.decode_every = 1
     result["sampled_decode_every"] = p.max_decode_every
@@ -490,8 +520,10 @@ async def _run_liveroom(n: int, p: Params, cpu: set[int] | None, argv: list[str]
             lat = r["latency_ms"]
             _log(
                 f"  liveroom {rate}/s: {r['events_per_s']:,} events/s, p50 {lat['p50']} "
-                f"p99 {lat['p99']} max {lat['max']} ms, lost {r['lost_events']}, "
-                f"cpu srv {r['server_cpu_pct']}% cli {r['client_cpu_pct']}%"
+                f"p99 {lat['p99']} max {lat['max']} ms (fan-out p50 "
+                f"{r['fanout_latency_ms']['p50']} p99 {r['fanout_latency_ms']['p99']}), "
+                f"lost {r['lost_events']}, cpu srv {r['server_cpu_pct']}% "
+                f"cli {r['client_cpu_pct']}% other {r['other_cpu_pct']}%"
             )
         r = await _max_rate(pool, server, p)
         out["max"] = r
@@ -499,7 +531,7 @@ async def _run_liveroom(n: int, p: Params, cpu: set[int] | None, argv: list[str]
             f"  liveroom max: {r['frames_per_s']:,} frames/s, {r['events_per_s']:,} events/s, "
             f"{r['events_per_frame']} ev/frame, p99 {r['latency_ms']['p99']} ms, "
             f"lost {r['lost_events']}, cpu srv {r['server_cpu_pct']}% "
-            f"cli {r['client_cpu_pct']}%"
+            f"cli {r['client_cpu_pct']}% other {r['other_cpu_pct']}%"
         )
         out["rss_kb"]["after_max"] = server.rss_kb()
         out["server_closes"] = dict(pool.sink.closes)
@@ -589,7 +621,8 @@ async def _run_baseline(
             _log(
                 f"  raw {name} ({len(frame)} B): {r['frames_per_s']:,} frames/s, "
                 f"{r['events_per_s']:,} events/s, cpu srv {r['server_cpu_pct']}% "
-                f"cli {r['client_cpu_pct']}%, skipped {r['server']['skipped']}"
+                f"cli {r['client_cpu_pct']}% other {r['other_cpu_pct']}%, "
+                f"skipped {r['server']['skipped']}"
             )
         out["rss_kb"]["after_blast"] = server.rss_kb()
         return out

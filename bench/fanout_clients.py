@@ -93,6 +93,7 @@ class Sink:
         "closes",
         "decode_every",
         "error_codes",
+        "fanout_us",
         "flood_left",
         "flood_until",
         "handshake_failures",
@@ -101,7 +102,8 @@ class Sink:
     )
 
     def __init__(self) -> None:
-        self.latencies_us: list[int] = []
+        self.latencies_us: list[int] = []  # receive time - commenter's send time
+        self.fanout_us: list[int] = []  # receive time - server's acceptance time (ts, in ms)
         self.decode_every = 1  # sampled readers decode one batch in this many (1: all, gaps)
         self.closes: dict[int, int] = {}  # close code sent by the server -> connections
         self.error_codes: dict[str, int] = {}  # ``error`` answers by code
@@ -361,6 +363,7 @@ class BenchConn(asyncio.Protocol):
         self.events += len(evs)
         now_us = int(time.time() * 1_000_000)
         lat = self.sink.latencies_us
+        fan = self.sink.fanout_us
         last = self.last_off
         for ev in evs:
             off = ev.get("off")
@@ -375,6 +378,7 @@ class BenchConn(asyncio.Protocol):
             text = ev.get("text", "")
             if text.startswith("t="):
                 lat.append(now_us - int(text[2:18]))
+                fan.append(now_us - ev["ts"] * 1000)
         self.last_off = last
 
     def _ack(self, off: int | None) -> None:
