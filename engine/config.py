@@ -29,11 +29,14 @@ __all__ = [
     "ENV_PREFIX",
     "LOG_LEVELS",
     "SECRET_KEYS",
+    "STOCK_BACKENDS",
     "AuthConfig",
     "Config",
     "ConfigError",
     "RoomsConfig",
     "ServerConfig",
+    "ServiceConfig",
+    "StockConfig",
     "env_var_name",
     "load_config",
     "render_config",
@@ -46,7 +49,8 @@ ENV_PREFIX = "LIVEROOM_"
 ENV_CONFIG_PATH = "LIVEROOM_CONFIG"
 """Environment variable naming the config file (read by the CLI, ignored by load_config)."""
 
-SECRET_KEYS = frozenset({"auth.secret"})
+STOCK_BACKENDS = ("memory", "redis")
+SECRET_KEYS = frozenset({"auth.secret", "service.api_keys"})
 """Settings whose values are never printed nor echoed in error messages."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -109,12 +113,41 @@ class RoomsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The internal HTTP API for backend services (pins, sales, orders, metrics)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8766  # 0 = pick a free port (tests)
+    api_keys: str = "dev-service-key"  # comma-separated; SECRET: masked when printed
+
+    def keys(self) -> tuple[str, ...]:
+        """The accepted API keys, blanks dropped."""
+        return tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class StockConfig:
+    """The flash-sale stock store and how a node batches purchases into it."""
+
+    backend: str = "memory"  # memory (one process, embedded) or redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout: float = 1.0  # seconds: a store call answers or fails within about this
+    key_prefix: str = "lr"
+    batch_window_ms: float = 2.0  # gather purchases this long (or batch_max) per store call
+    batch_max: int = 100
+    max_pending: int = 20000  # buy presses queued on a node before new ones get "busy"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration of one node."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    stock: StockConfig = field(default_factory=StockConfig)
     log_level: str = "info"  # one of LOG_LEVELS
 
 
@@ -405,6 +438,27 @@ def validate_config(config: Config) -> None:
     _check_float("rooms.comment_rate", r.comment_rate)
     _check_int("rooms.comment_burst", r.comment_burst, 1)
     _check_float("rooms.conflate_interval_ms", r.conflate_interval_ms)
+
+    v = config.service
+    if not v.host:
+        raise ConfigError("service.host: must not be empty")
+    _check_int("service.port", v.port, 0, 65535)
+    if v.enabled and not v.keys():
+        raise ConfigError("service.api_keys: at least one key is needed when the service is on")
+
+    k = config.stock
+    if k.backend not in STOCK_BACKENDS:
+        raise ConfigError(
+            f"stock.backend: must be one of {', '.join(STOCK_BACKENDS)}, got {k.backend!r}"
+        )
+    if not k.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("stock.redis_url: must be a redis://, rediss:// or unix:// URL")
+    _check_float("stock.redis_timeout", k.redis_timeout)
+    if not k.key_prefix:
+        raise ConfigError("stock.key_prefix: must not be empty")
+    _check_float("stock.batch_window_ms", k.batch_window_ms, allow_zero=True)
+    _check_int("stock.batch_max", k.batch_max, 1, 500)
+    _check_int("stock.max_pending", k.max_pending, 1)
 
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(

@@ -283,7 +283,11 @@ def test_rendered_config_loads_back_with_the_secret_masked(tmp_path: Path) -> No
         }
     )
     reloaded = load_config(write(tmp_path, render_config(config)), env={})
-    expected = dataclasses.replace(config, auth=dataclasses.replace(config.auth, secret="***"))
+    expected = dataclasses.replace(
+        config,
+        auth=dataclasses.replace(config.auth, secret="***"),
+        service=dataclasses.replace(config.service, api_keys="***"),
+    )
     assert reloaded == expected
 
 
