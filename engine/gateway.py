@@ -37,11 +37,14 @@ from websockets.typing import Subprotocol
 from engine.auth import Claims, TokenError, TokenInvalid, anonymous_claims, verify_token
 from engine.config import Config
 from engine.room import Hub, Room
+from engine.sales import SaleDesk
 from engine.wsframe import data_frame
 from protocol import (
     CODECS,
     MSGPACK,
     Ack,
+    Buy,
+    BuyResult,
     CloseCode,
     Codec,
     Error,
@@ -97,9 +100,10 @@ class GatewayStatistics:
 class Gateway:
     """All connections of this process, their shared settings, and the timer sweep."""
 
-    def __init__(self, config: Config, hub: Hub) -> None:
+    def __init__(self, config: Config, hub: Hub, desk: SaleDesk | None = None) -> None:
         self.config = config
         self.hub = hub
+        self.desk = desk
         self.connections: dict[Connection, None] = {}
         self.accepted_total = 0
         self.closed_by_code: dict[int, int] = {}
@@ -154,8 +158,10 @@ class Connection(asyncio.Protocol):
     """One websocket peer. All methods run on the event loop thread and never block."""
 
     __slots__ = (
+        "_cork",
         "_fragment_op",
         "_fragments",
+        "_limit",
         "_tokens",
         "_tokens_at",
         "claims",
@@ -189,6 +195,8 @@ class Connection(asyncio.Protocol):
         self.opened_at = self.last_recv = self.last_ping = time.monotonic()
         self.closing_since: float | None = None
         self._fragments: list[bytes] | None = None
+        self._cork: list[bytes] | None = None
+        self._limit = gateway.config.server.write_buffer_limit
         self._fragment_op = Opcode.BINARY
         self._tokens = float(gateway.config.rooms.comment_burst)  # comment token bucket
         self._tokens_at = self.opened_at
@@ -204,12 +212,22 @@ class Connection(asyncio.Protocol):
         self.last_recv = time.monotonic()
         ws = self.ws
         ws.receive_data(data)
-        for event in ws.events_received():
-            if isinstance(event, Frame):
-                self._on_frame(event)
-            elif isinstance(event, Request):
-                self._on_request(event)
-        self._write_pending()
+        # Answers to everything in this read (acks, errors, pongs) leave in one write.
+        self._cork = []
+        try:
+            for event in ws.events_received():
+                if isinstance(event, Frame):
+                    self._on_frame(event)
+                elif isinstance(event, Request):
+                    self._on_request(event)
+            self._write_pending()
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        cork, self._cork = self._cork, None
+        if cork:
+            self._write(cork[0] if len(cork) == 1 else b"".join(cork))
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -235,12 +253,18 @@ class Connection(asyncio.Protocol):
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a complete websocket frame; cut the peer off if it reads too slowly."""
-        if not self.open:
+        if self.open:
+            self._write(frame)
+
+    def _write(self, data: bytes) -> None:
+        """Write to the transport (or the cork, while a read is handled); enforce the limit."""
+        if self._cork is not None:
+            self._cork.append(data)
             return
         transport = self.transport
         assert transport is not None
-        transport.write(frame)
-        if transport.get_write_buffer_size() > self.gateway.config.server.write_buffer_limit:
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._limit and self.open:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many unsent bytes")
 
     def send(self, message: Message) -> None:
@@ -264,8 +288,9 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         for chunk in self.ws.data_to_send():
             if chunk:
-                transport.write(chunk)
+                self._write(chunk)
             else:  # SEND_EOF: the websocket is done; close once the buffer is flushed
+                self._uncork()
                 self.open = False
                 if self.closing_since is None:
                     self.closing_since = time.monotonic()
@@ -377,6 +402,8 @@ class Connection(asyncio.Protocol):
             return
         if isinstance(message, SendComment):
             self._on_comment(message)
+        elif isinstance(message, Buy):
+            self._on_buy(message)
         elif isinstance(message, Like):
             self._on_like(message)
         elif isinstance(message, Join):
@@ -426,7 +453,7 @@ class Connection(asyncio.Protocol):
         claims = self.claims
         assert claims is not None
         if not claims.can_write:
-            self._refuse(ErrorCode.READ_ONLY, "anonymous viewers cannot comment or like", rid)
+            self._refuse(ErrorCode.READ_ONLY, "anonymous viewers are read-only", rid)
             return None
         return room
 
@@ -463,6 +490,27 @@ class Connection(asyncio.Protocol):
             return False
         self._tokens -= 1.0
         return True
+
+    def _on_buy(self, msg: Buy) -> None:
+        room = self._writable_room(msg.room, msg.rid)
+        desk = self.gateway.desk
+        if room is None:
+            return
+        if desk is None:
+            self.send(BuyResult(rid=msg.rid, sale=msg.sale, status="error", msg="no sales here"))
+            return
+        claims = self.claims
+        assert claims is not None
+        desk.buy(
+            room,
+            user_id=claims.user_id,
+            name=claims.name,
+            sale_id=msg.sale,
+            quantity=msg.qty,
+            rid=msg.rid,
+            retry=bool(msg.retry),
+            answer=self.send,
+        )
 
     def _on_like(self, msg: Like) -> None:
         room = self._writable_room(msg.room, msg.rid)

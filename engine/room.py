@@ -22,12 +22,12 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from engine.wsframe import data_frame
-from protocol import Codec, Comment, Joined, Likes, RoomEvent, Viewers
+from protocol import Codec, Comment, Joined, Likes, Product, RoomEvent, SaleInfo, Viewers
 
 __all__ = ["Hub", "HubStatistics", "JoinResult", "Room", "Subscriber"]
 
@@ -84,11 +84,13 @@ class Room:
     """One room: subscribers by codec, history, pending events, counters."""
 
     __slots__ = (
+        "_conflated",
         "_flush_handle",
         "_last_flush",
         "_loop",
         "_min_interval",
         "_pending",
+        "_ready",
         "_sent_likes",
         "_sent_viewers",
         "empty_since",
@@ -100,6 +102,8 @@ class Room:
         "likes",
         "name",
         "offset",
+        "pin",
+        "sale",
         "snapshot_size",
         "subscribers",
     )
@@ -124,9 +128,13 @@ class Room:
         self.events_published = 0
         self.frames_written = 0
         self.empty_since: float | None = time.monotonic()
+        self.pin: Product | None = None  # the pinned product card, for joiners' snapshots
+        self.sale: SaleInfo | None = None  # the room's current sale, for joiners' snapshots
         self._sent_likes = 0
         self._sent_viewers = 0
-        self._pending: list[_Entry | Likes | Viewers] = []
+        self._pending: list[_Entry] = []
+        self._conflated: dict[str, RoomEvent] = {}  # key -> latest value, sent at the next tick
+        self._ready: dict[str, RoomEvent] = {}  # conflated values due in the next flush
         self._flush_handle: asyncio.Handle | None = None
         self._last_flush = 0.0
         self._min_interval = min_flush_interval
@@ -170,6 +178,8 @@ class Room:
             likes=self.likes,
             resync=resync,
             recent=(),
+            pin=self.pin,
+            sale=self.sale,
             rid=rid,
         )
         return JoinResult(joined, entries)
@@ -185,39 +195,49 @@ class Room:
 
     # --- publishing -------------------------------------------------------------------
 
-    def publish_comment(self, *, user_id: str, name: str, text: str) -> int:
-        """Append a comment to the room and schedule its delivery; return its offset."""
+    def publish(self, build: Callable[[int, int], RoomEvent]) -> int:
+        """Append the event ``build(offset, ts_ms)`` to the room; return its offset.
+
+        The event is kept in the history and goes out in the next batch.
+        """
         self.offset += 1
         offset = self.offset
-        event = Comment(
-            id=f"{self.epoch}.{offset}",
-            user_id=user_id,
-            name=name,
-            text=text,
-            ts=int(time.time() * 1000),
-            offset=offset,
-        )
-        entry = _Entry(offset, event)
+        entry = _Entry(offset, build(offset, int(time.time() * 1000)))
         self.history.append(entry)
         self._pending.append(entry)
         self.events_published += 1
         self._schedule()
         return offset
 
+    def publish_comment(self, *, user_id: str, name: str, text: str) -> int:
+        """Append a comment to the room and schedule its delivery; return its offset."""
+        epoch = self.epoch
+        return self.publish(
+            lambda offset, ts: Comment(
+                id=f"{epoch}.{offset}", user_id=user_id, name=name, text=text, ts=ts, offset=offset
+            )
+        )
+
     def add_likes(self, count: int) -> None:
         """Count likes; the total goes out with the next conflation tick."""
         self.likes += count
+
+    def conflate(self, key: str, event: RoomEvent) -> None:
+        """Set the latest value under ``key``; only the latest goes out, at the next tick."""
+        self._conflated[key] = event
 
     def tick(self) -> None:
         """Queue the conflated values that changed since they were last sent."""
         if self.likes != self._sent_likes:
             self._sent_likes = self.likes
-            self._pending.append(Likes(total=self.likes))
-            self._schedule()
+            self._conflated["likes"] = Likes(total=self.likes)
         viewers = self.viewers
         if viewers != self._sent_viewers:
             self._sent_viewers = viewers
-            self._pending.append(Viewers(count=viewers))
+            self._conflated["viewers"] = Viewers(count=viewers)
+        if self._conflated:
+            self._ready.update(self._conflated)
+            self._conflated.clear()
             self._schedule()
 
     def _schedule(self) -> None:
@@ -233,26 +253,16 @@ class Room:
         """Write everything pending as one batch frame per codec in use."""
         self._flush_handle = None
         pending, self._pending = self._pending, []
-        if not pending:
+        ready = self._ready
+        if not pending and not ready:
             return
+        self._ready = {}
         self._last_flush = self._loop.time()
-        for entry in reversed(pending):
-            if isinstance(entry, _Entry):
-                self.flushed_offset = entry.offset
-                break
-        # Conflated values: keep only the last Likes and the last Viewers.
-        last_likes = last_viewers = -1
-        for i, item in enumerate(pending):
-            if isinstance(item, Likes):
-                last_likes = i
-            elif isinstance(item, Viewers):
-                last_viewers = i
+        if pending:
+            self.flushed_offset = pending[-1].offset
         for codec, subs in list(self.subscribers.items()):
-            parts = [
-                item.encode(codec) if isinstance(item, _Entry) else codec.encode_event(item)
-                for i, item in enumerate(pending)
-                if isinstance(item, _Entry) or i in (last_likes, last_viewers)
-            ]
+            parts = [entry.encode(codec) for entry in pending]
+            parts.extend(codec.encode_event(event) for event in ready.values())
             frame = data_frame(codec.encode_batch(self.name, parts), binary=codec.binary)
             for sub in list(subs):
                 sub.send_frame(frame)

@@ -19,6 +19,10 @@ import sys
 from engine.config import AuthConfig, Config
 from engine.gateway import Gateway
 from engine.room import Hub
+from engine.sales import SaleDesk
+from engine.service import ServiceRunner, start_service
+from engine.stock import MemoryStockStore, StockError, StockStore
+from engine.stock import connect as connect_redis_store
 from protocol import CloseCode
 
 __all__ = ["LiveroomServer", "run"]
@@ -35,6 +39,15 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
     return ctx
 
 
+async def _open_store(config: Config) -> StockStore:
+    stock = config.stock
+    if stock.backend == "redis":
+        return await connect_redis_store(
+            stock.redis_url, timeout=stock.redis_timeout, key_prefix=stock.key_prefix
+        )
+    return MemoryStockStore()
+
+
 class LiveroomServer:
     """One liveroom process's server; use ``async with LiveroomServer(config) as s``."""
 
@@ -42,6 +55,9 @@ class LiveroomServer:
         self.config = config
         self.hub: Hub | None = None
         self.gateway: Gateway | None = None
+        self.store: StockStore | None = None
+        self.desk: SaleDesk | None = None
+        self.service: ServiceRunner | None = None
         self._server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping: asyncio.Event | None = None
@@ -51,6 +67,11 @@ class LiveroomServer:
     def port(self) -> int:
         assert self._server is not None, "server not started"
         return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def service_url(self) -> str:
+        assert self.service is not None, "service API not started"
+        return f"http://{self.config.service.host}:{self.service.port}"
 
     @property
     def url(self) -> str:
@@ -66,7 +87,11 @@ class LiveroomServer:
             min_flush_interval=rooms.min_flush_interval_ms / 1000,
             loop=loop,
         )
-        self.gateway = Gateway(self.config, self.hub)
+        self.store = await _open_store(self.config)
+        self.desk = SaleDesk(self.store, self.hub, self.config.stock)
+        self.gateway = Gateway(self.config, self.hub, self.desk)
+        if self.config.service.enabled:
+            self.service = await start_service(self.config, self.hub, self.gateway, self.desk)
         srv = self.config.server
         self._server = await loop.create_server(
             self.gateway,
@@ -86,10 +111,13 @@ class LiveroomServer:
         async with asyncio.TaskGroup() as tasks:
             sweeper = tasks.create_task(self.gateway.run_sweeper())
             ticker = tasks.create_task(self._tick())
+            assert self.desk is not None
+            buyers = tasks.create_task(self.desk.run())
             started.set()
             await self._stopping.wait()
             sweeper.cancel()
             ticker.cancel()
+            buyers.cancel()
 
     async def _tick(self) -> None:
         assert self.hub is not None
@@ -101,6 +129,9 @@ class LiveroomServer:
         """Stop accepting, close every connection with 1001, wait, abort stragglers."""
         if self._server is None or self.gateway is None or self.hub is None:
             return
+        if self.service is not None:
+            await self.service.close()
+            self.service = None
         self._server.close()
         self.gateway.close_all(CloseCode.GOING_AWAY, "server shutting down")
         with contextlib.suppress(TimeoutError):
@@ -115,6 +146,10 @@ class LiveroomServer:
         self._stopping.set()
         await self._runner
         self.hub.close()
+        if self.desk is not None:
+            self.desk.close()
+        if self.store is not None:
+            await self.store.close()
         self._server = None
 
     async def __aenter__(self) -> LiveroomServer:
@@ -143,7 +178,19 @@ async def serve_until_signalled(config: Config) -> None:
 
 
 def run(config: Config) -> int:
-    """Run a server process until signalled; return the process exit code."""
+    """Run a server process until signalled; return the process exit code.
+
+    A store that cannot be reached or a port that cannot be bound at start is a clear
+    one-line error and exit code 1, not a traceback.
+    """
+    try:
+        return _run(config)
+    except (OSError, StockError) as exc:
+        print(f"liveroom: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(config: Config) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

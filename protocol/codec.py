@@ -79,12 +79,13 @@ class Codec:
     def encode_joined(self, joined: Joined, parts: Sequence[bytes]) -> bytes:
         """Payload of ``joined`` whose ``recent`` list is the encoded events ``parts``.
 
-        ``joined.recent`` is ignored; ``parts`` stand in its place.
+        ``joined.recent`` is ignored; ``parts`` stand in its place. The keys before
+        ``recent`` in schema order go before it, the keys after it (``pin``, ``sale``,
+        ``rid``) after it, so the result equals encoding the whole message.
         """
-        wire = to_wire(joined)
-        head = {k: v for k, v in wire.items() if k not in ("recent", "rid")}
-        tail = {"rid": wire["rid"]} if "rid" in wire else {}
-        return self._splice(head, "recent", parts, tail)
+        items = list(to_wire(joined).items())
+        i = next(n for n, (k, _) in enumerate(items) if k == "recent")
+        return self._splice(dict(items[:i]), "recent", parts, dict(items[i + 1 :]))
 
     def decode_client(self, data: bytes) -> ClientMessage:
         """Decode a client-to-server message.

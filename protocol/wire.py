@@ -1,11 +1,12 @@
 """Conversion between typed messages and their wire maps, validating untrusted maps.
 
 ``to_wire`` turns a message into the plain map that a codec serialises (``t`` first,
-then the schema's fields in order, ``None`` optionals left out). ``from_wire`` checks a
-decoded map against the schema of its type and builds the message; it raises only
-:class:`~protocol.errors.ProtocolError` subclasses, whatever the map holds. Unknown keys
-are ignored, and so are events of unknown type inside an event list (``ev``, ``recent``):
-both may be added within v1.
+then the schema's fields in order, ``None`` optionals left out; nested values such as a
+:class:`~protocol.messages.Product` become maps the same way, without ``t``).
+``from_wire`` checks a decoded map against the schema of its type and builds the
+message; it raises only :class:`~protocol.errors.ProtocolError` subclasses, whatever the
+map holds. Unknown keys are ignored (in nested maps too), and so are events of unknown
+type inside an event list (``ev``, ``recent``): both may be added within v1.
 """
 
 from __future__ import annotations
@@ -15,28 +16,54 @@ from typing import Any, TypeVar
 
 from protocol.errors import InvalidField, MalformedMessage, UnknownMessageType
 from protocol.messages import (
+    MAX_ATTR_KEY_LENGTH,
+    MAX_ATTR_TEXT_LENGTH,
+    MAX_INT,
     MAX_RID_LENGTH,
     ROOM_EVENT_TYPES,
+    Attrs,
+    AttrValue,
     Field,
     Message,
+    Product,
     Rid,
     RoomEvent,
+    SaleInfo,
 )
 
 __all__ = ["event_from_wire", "from_wire", "to_wire"]
 
 M = TypeVar("M")
 
+# Classes of the nested map kinds.
+_NESTED: dict[str, type[Product] | type[SaleInfo]] = {"product": Product, "sale": SaleInfo}
+
 
 def to_wire(message: Message) -> dict[str, Any]:
-    """Return the wire map of ``message`` (events inside are mapped too)."""
+    """Return the wire map of ``message`` (events and nested values inside are mapped too).
+
+    Raises:
+        ValueError: an ``attrs`` value repeats a key (it could not survive the wire map).
+    """
     out: dict[str, Any] = {"t": message.TYPE}
-    for f in message.SCHEMA:
-        value = getattr(message, f.attr)
+    _put_fields(message, out)
+    return out
+
+
+def _put_fields(obj: Any, out: dict[str, Any]) -> dict[str, Any]:
+    for f in obj.SCHEMA:
+        value = getattr(obj, f.attr)
         if value is None:
             continue
         if f.kind == "events":
             value = [to_wire(ev) for ev in value]
+        elif f.kind in _NESTED:
+            value = _put_fields(value, {})
+        elif f.kind == "attrs":
+            pairs = value
+            value = dict(pairs)
+            if len(value) != len(pairs):
+                raise ValueError(f"{f.key}: repeated keys in {pairs!r}")
         out[f.key] = value
     return out
 
@@ -50,25 +77,34 @@ def _read_rid(obj: Mapping[Any, Any]) -> Rid | None:
     return None
 
 
-def _check(f: Field, value: Any, rid: Rid | None) -> Any:
-    """Validate one present field value; return the value to store on the message."""
+def _check(f: Field, value: Any, rid: Rid | None, prefix: str = "") -> Any:
+    """Validate one present field value; return the value to store on the message.
+
+    ``prefix`` is the path of the enclosing nested map (``"pin."``), for error messages.
+    """
+    key = prefix + f.key
     if f.kind == "str":
         if not isinstance(value, str):
-            raise InvalidField(f"{f.key}: expected a string", field=f.key, rid=rid)
-        if not f.lo <= len(value) <= f.hi:
+            raise InvalidField(f"{key}: expected a string", field=key, rid=rid)
+        if f.choices:
+            if value not in f.choices:
+                raise InvalidField(
+                    f"{key}: must be one of {', '.join(f.choices)}", field=key, rid=rid
+                )
+        elif not f.lo <= len(value) <= f.hi:
             raise InvalidField(
-                f"{f.key}: length must be {f.lo}..{f.hi}, got {len(value)}", field=f.key, rid=rid
+                f"{key}: length must be {f.lo}..{f.hi}, got {len(value)}", field=key, rid=rid
             )
         return value
     if f.kind == "int":
         if not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidField(f"{f.key}: expected an integer", field=f.key, rid=rid)
+            raise InvalidField(f"{key}: expected an integer", field=key, rid=rid)
         if not f.lo <= value <= f.hi:
-            raise InvalidField(f"{f.key}: must be in {f.lo}..{f.hi}", field=f.key, rid=rid)
+            raise InvalidField(f"{key}: must be in {f.lo}..{f.hi}", field=key, rid=rid)
         return value
     if f.kind == "bool":
         if not isinstance(value, bool):
-            raise InvalidField(f"{f.key}: expected a boolean", field=f.key, rid=rid)
+            raise InvalidField(f"{key}: expected a boolean", field=key, rid=rid)
         return value
     if f.kind == "rid":
         if _read_rid({"rid": value}) is None:
@@ -76,12 +112,49 @@ def _check(f: Field, value: Any, rid: Rid | None) -> Any:
                 f"rid: expected a string of at most {MAX_RID_LENGTH} characters or an integer",
                 field="rid",
             )
+        if isinstance(value, str) and len(value) < f.lo:
+            raise InvalidField("rid: must not be empty", field="rid")
         return value
-    # events
-    if not isinstance(value, list):
-        raise InvalidField(f"{f.key}: expected a list of events", field=f.key, rid=rid)
-    # Event types added later within v1 are skipped, not refused (SPEC.md, versioning).
-    return tuple(event_from_wire(item) for item in value if not _is_unknown_event(item))
+    if f.kind == "events":
+        if not isinstance(value, list):
+            raise InvalidField(f"{key}: expected a list of events", field=key, rid=rid)
+        # Event types added later within v1 are skipped, not refused (SPEC.md, versioning).
+        return tuple(event_from_wire(item) for item in value if not _is_unknown_event(item))
+    if f.kind == "attrs":
+        return _check_attrs(f, value, rid, key)
+    return _build(_NESTED[f.kind], value, rid, key + ".")
+
+
+def _check_attrs(f: Field, value: Any, rid: Rid | None, key: str) -> Attrs:
+    """An ``attrs`` map: at most ``f.hi`` entries of str key to str, int or bool."""
+    if not isinstance(value, dict):
+        raise InvalidField(f"{key}: expected a map", field=key, rid=rid)
+    if len(value) > f.hi:
+        raise InvalidField(f"{key}: at most {f.hi} entries", field=key, rid=rid)
+    out: list[tuple[str, AttrValue]] = []
+    for k, v in value.items():
+        if not isinstance(k, str) or len(k) > MAX_ATTR_KEY_LENGTH:
+            raise InvalidField(
+                f"{key}: keys must be strings of at most {MAX_ATTR_KEY_LENGTH} characters",
+                field=key,
+                rid=rid,
+            )
+        if v is None:  # nil is the same as an absent key
+            continue
+        ok = (
+            isinstance(v, bool)
+            or (isinstance(v, int) and -MAX_INT <= v <= MAX_INT)
+            or (isinstance(v, str) and len(v) <= MAX_ATTR_TEXT_LENGTH)
+        )
+        if not ok:
+            raise InvalidField(
+                f"{key}.{k[:40]}: expected a string of at most {MAX_ATTR_TEXT_LENGTH}"
+                f" characters, an integer with |value| < 2^53 or a boolean",
+                field=f"{key}.{k}",
+                rid=rid,
+            )
+        out.append((k, v))
+    return tuple(out)
 
 
 def _is_unknown_event(item: Any) -> bool:
@@ -91,6 +164,21 @@ def _is_unknown_event(item: Any) -> bool:
         and isinstance(item.get("t"), str)
         and item["t"] not in ROOM_EVENT_TYPES
     )
+
+
+def _build(cls: type[M], obj: Any, rid: Rid | None, prefix: str = "") -> M:
+    """Validate the map ``obj`` against ``cls.SCHEMA`` and build a ``cls``."""
+    if not isinstance(obj, dict):
+        where = prefix[:-1]
+        raise InvalidField(f"{where}: expected a map", field=where, rid=rid)
+    kwargs: dict[str, Any] = {}
+    for f in cls.SCHEMA:  # type: ignore[attr-defined]
+        if f.key in obj and obj[f.key] is not None:
+            kwargs[f.attr] = _check(f, obj[f.key], rid, prefix)
+        elif f.required:
+            key = prefix + f.key
+            raise InvalidField(f"{key}: missing", field=key, rid=rid)
+    return cls(**kwargs)
 
 
 def from_wire(obj: Any, types: Mapping[str, type[M]]) -> M:
@@ -103,8 +191,9 @@ def from_wire(obj: Any, types: Mapping[str, type[M]]) -> M:
     Raises:
         MalformedMessage: ``obj`` is not a map with a string ``t``.
         UnknownMessageType: ``t`` names no type in ``types``.
-        InvalidField: a field is missing, mistyped or out of range; unknown keys are
-            ignored (forward compatibility).
+        InvalidField: a field is missing, mistyped or out of range (in a nested map:
+            ``field`` is the dotted path, e.g. ``pin.price``); unknown keys are ignored
+            (forward compatibility).
     """
     if not isinstance(obj, dict):
         raise MalformedMessage("a message must be a map")
@@ -115,13 +204,7 @@ def from_wire(obj: Any, types: Mapping[str, type[M]]) -> M:
     cls = types.get(kind)
     if cls is None:
         raise UnknownMessageType(f"unknown message type {kind[:40]!r}", rid=rid)
-    kwargs: dict[str, Any] = {}
-    for f in cls.SCHEMA:  # type: ignore[attr-defined]
-        if f.key in obj and obj[f.key] is not None:
-            kwargs[f.attr] = _check(f, obj[f.key], rid)
-        elif f.required:
-            raise InvalidField(f"{f.key}: missing", field=f.key, rid=rid)
-    return cls(**kwargs)
+    return _build(cls, obj, rid)
 
 
 def event_from_wire(obj: Any) -> RoomEvent:

@@ -2,14 +2,15 @@
 
 Run from the repository root::
 
-    python protocol/vectors/generate.py          # rewrite both files
+    python protocol/vectors/generate.py          # rewrite the files
     python protocol/vectors/generate.py --check  # exit 1 if the files are out of date
 
 Every vector in ``v1.json`` pairs one message with its exact bytes in both codecs, so a
 client library in any language can check its encoder byte for byte and its decoder value
 for value. ``invalid.json`` lists payloads a decoder of client messages must refuse, with
-the error class the reference decoder raises. The files are generated, never edited:
-``tests/test_protocol_vectors.py`` fails when they drift from this script.
+the error class the reference decoder raises; ``invalid_server.json`` does the same for a
+decoder of server messages (what a client library must refuse). The files are generated,
+never edited: ``tests/test_protocol_vectors.py`` fails when they drift from this script.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,8 @@ from protocol.codec import JSON, MSGPACK
 from protocol.messages import (
     Ack,
     Batch,
+    Buy,
+    BuyResult,
     Comment,
     Error,
     Join,
@@ -36,18 +40,37 @@ from protocol.messages import (
     Likes,
     Message,
     Ping,
+    Pinned,
     Pong,
+    Product,
+    Purchase,
+    SaleClosed,
+    SaleInfo,
+    SaleOpened,
     SendComment,
+    SoldOut,
+    Stock,
+    SystemMessage,
+    Unpinned,
     Viewers,
     Welcome,
 )
 from protocol.wire import to_wire
 
-__all__ = ["INVALID", "VALID", "main", "render_invalid", "render_valid"]
+__all__ = [
+    "INVALID",
+    "INVALID_SERVER",
+    "VALID",
+    "main",
+    "render_invalid",
+    "render_invalid_server",
+    "render_valid",
+]
 
 HERE = Path(__file__).resolve().parent
 VALID_PATH = HERE / "v1.json"
 INVALID_PATH = HERE / "invalid.json"
+INVALID_SERVER_PATH = HERE / "invalid_server.json"
 
 Direction = Literal["client", "server", "event"]
 
@@ -64,6 +87,36 @@ def _comment(off: int, text: str, *, uid: str = "u-1001", name: str = "小明") 
 C1 = _comment(1, "弹幕来了！这件多少钱？")
 C2 = _comment(2, "🔥🔥 666 👍", uid="u-2002", name="Ana")
 C3 = _comment(3, "hello", uid="u-3003", name="")
+
+SALE_ID = "s-77"
+PRODUCT = Product(
+    id="p-1001",
+    title="限时秒杀 iPhone 15 Pro 256G",
+    price=599900,
+    currency="CNY",
+    image="https://img.example.com/p/1001.jpg",
+    extra=(("颜色", "黑色钛金属"), ("stars", 5), ("包邮", True), ("discount", -500)),
+)
+PRODUCT_MIN = Product(id="p-2", title="T恤 🔥", price=0)
+SALE = SaleInfo(
+    id=SALE_ID,
+    product_id=PRODUCT.id,
+    price=499900,
+    limit=2,
+    stock=100,
+    remaining=100,
+    starts=NOW + 60_000,
+    ends=NOW + 660_000,
+    status="scheduled",
+)
+SALE_OPEN = replace(SALE, remaining=37, status="open")
+SYSTEM = SystemMessage(id="m-1", text="欢迎来到直播间！8点整开抢 🎉", ts=NOW + 4, offset=4)
+PINNED = Pinned(product=PRODUCT, ts=NOW + 5, offset=5)
+SALE_OPENED = SaleOpened(sale=SALE, ts=NOW + 6, offset=6)
+PURCHASE = Purchase(sale_id=SALE_ID, name="小*", qty=2, ts=NOW + 60_007, offset=7)
+SOLD_OUT = SoldOut(sale_id=SALE_ID, ts=NOW + 60_008, offset=8)
+SALE_CLOSED = SaleClosed(sale_id=SALE_ID, reason="sold_out", ts=NOW + 60_009, offset=9)
+UNPINNED = Unpinned(product_id=PRODUCT.id, ts=NOW + 60_010, offset=10)
 
 VALID: list[tuple[str, Direction, Message]] = [
     # client to server
@@ -86,6 +139,14 @@ VALID: list[tuple[str, Direction, Message]] = [
     ("ping", "client", Ping()),
     ("ping_string_rid", "client", Ping(rid="p-1")),
     ("ping_zero_rid", "client", Ping(rid=0)),
+    ("buy_default_qty_string_rid", "client", Buy(room=ROOM, sale=SALE_ID, rid="b-7f3a9c")),
+    ("buy_qty_int_rid", "client", Buy(room=ROOM, sale=SALE_ID, qty=2, rid=11)),
+    (
+        "buy_max_qty_uuid_rid",
+        "client",
+        Buy(room=ROOM, sale=SALE_ID, qty=100, rid="3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"),
+    ),
+    ("buy_zero_rid", "client", Buy(room="直播间-1", sale="秒杀-1", rid=0)),
     # server to client
     (
         "welcome",
@@ -149,6 +210,51 @@ VALID: list[tuple[str, Direction, Message]] = [
         "server",
         Joined(room=ROOM, epoch=EPOCH, offset=3, viewers=2, likes=7, resync=False, recent=()),
     ),
+    (
+        "joined_with_pin_and_sale_int_rid",
+        "server",
+        Joined(
+            room=ROOM,
+            epoch=EPOCH,
+            offset=7,
+            viewers=52000,
+            likes=1_200_000,
+            resync=False,
+            recent=(SYSTEM, PINNED, SALE_OPENED, PURCHASE),
+            pin=PRODUCT,
+            sale=SALE_OPEN,
+            rid=1,
+        ),
+    ),
+    (
+        "joined_with_minimal_pin_no_sale",
+        "server",
+        Joined(
+            room=ROOM,
+            epoch=EPOCH,
+            offset=0,
+            viewers=3,
+            likes=0,
+            resync=True,
+            recent=(),
+            pin=PRODUCT_MIN,
+        ),
+    ),
+    (
+        "joined_with_sale_no_pin_string_rid",
+        "server",
+        Joined(
+            room=ROOM,
+            epoch=EPOCH,
+            offset=0,
+            viewers=3,
+            likes=0,
+            resync=False,
+            recent=(),
+            sale=replace(SALE, remaining=0, status="sold_out"),
+            rid="j-2",
+        ),
+    ),
     ("left", "server", Left(room=ROOM)),
     ("left_int_rid", "server", Left(room=ROOM, rid=7)),
     ("batch_one_comment", "server", Batch(room=ROOM, events=(C1,))),
@@ -175,6 +281,24 @@ VALID: list[tuple[str, Direction, Message]] = [
             ),
         ),
     ),
+    (
+        "batch_flash_sale_lifecycle",
+        "server",
+        Batch(
+            room=ROOM,
+            events=(
+                SYSTEM,
+                PINNED,
+                SALE_OPENED,
+                Stock(sale_id=SALE_ID, remaining=98),
+                PURCHASE,
+                SOLD_OUT,
+                Stock(sale_id=SALE_ID, remaining=0),
+                SALE_CLOSED,
+                UNPINNED,
+            ),
+        ),
+    ),
     ("ack_comment_string_rid", "server", Ack(rid="a1b2", offset=1235)),
     ("ack_like_int_rid", "server", Ack(rid=9)),
     ("ack_biggest_rid_offset", "server", Ack(rid=BIG, offset=BIG)),
@@ -196,6 +320,44 @@ VALID: list[tuple[str, Direction, Message]] = [
     ("error_read_only_empty_message", "server", Error(code="read_only", message="", rid=5)),
     ("pong", "server", Pong(server_time=NOW)),
     ("pong_string_rid", "server", Pong(server_time=NOW, rid="p-1")),
+    (
+        "buy_result_ok",
+        "server",
+        BuyResult(rid="b-7f3a9c", sale=SALE_ID, status="ok", order="s-77-1", qty=1, remaining=99),
+    ),
+    (
+        "buy_result_sold_out_int_rid",
+        "server",
+        BuyResult(rid=11, sale=SALE_ID, status="sold_out", qty=2, remaining=0, msg="已抢光"),
+    ),
+    (
+        "buy_result_limit_reached",
+        "server",
+        BuyResult(
+            rid="b-2",
+            sale=SALE_ID,
+            status="limit_reached",
+            qty=2,
+            remaining=37,
+            msg="at most 2 per user",
+        ),
+    ),
+    (
+        "buy_result_not_open",
+        "server",
+        BuyResult(rid="b-3", sale=SALE_ID, status="not_open", msg="the sale has not started"),
+    ),
+    (
+        "buy_result_error_unknown_sale",
+        "server",
+        BuyResult(rid="b-4", sale="s-404", status="error", msg="unknown sale"),
+    ),
+    (
+        "buy_result_error_try_again",
+        "server",
+        BuyResult(rid=BIG, sale=SALE_ID, status="error", qty=1, msg="try again"),
+    ),
+    ("buy_result_minimal", "server", BuyResult(rid=0, sale=SALE_ID, status="sold_out")),
     # room events, as they appear inside batch.ev and joined.recent
     ("event_comment_chinese", "event", C1),
     ("event_comment_emoji", "event", C2),
@@ -208,6 +370,42 @@ VALID: list[tuple[str, Direction, Message]] = [
     ("event_likes", "event", Likes(total=98000)),
     ("event_likes_zero", "event", Likes(total=0)),
     ("event_viewers", "event", Viewers(count=1520)),
+    ("event_system", "event", SYSTEM),
+    (
+        "event_system_empty_text_big_ints",
+        "event",
+        SystemMessage(id="m-big", text="", ts=BIG, offset=BIG),
+    ),
+    ("event_pinned_product_with_every_extra_type", "event", PINNED),
+    ("event_pinned_minimal_product", "event", Pinned(product=PRODUCT_MIN, ts=NOW, offset=1)),
+    (
+        "event_pinned_product_empty_extra",
+        "event",
+        Pinned(product=replace(PRODUCT_MIN, extra=()), ts=NOW, offset=2),
+    ),
+    ("event_unpinned", "event", UNPINNED),
+    ("event_sale_opened_scheduled", "event", SALE_OPENED),
+    ("event_sale_opened_open", "event", SaleOpened(sale=SALE_OPEN, ts=NOW + 7, offset=7)),
+    ("event_sale_closed_sold_out", "event", SALE_CLOSED),
+    (
+        "event_sale_closed_by_host",
+        "event",
+        SaleClosed(sale_id=SALE_ID, reason="closed", ts=NOW + 9, offset=9),
+    ),
+    (
+        "event_sale_closed_ended",
+        "event",
+        SaleClosed(sale_id=SALE_ID, reason="ended", ts=SALE.ends, offset=9),
+    ),
+    ("event_sold_out", "event", SOLD_OUT),
+    ("event_purchase", "event", PURCHASE),
+    (
+        "event_purchase_empty_name",
+        "event",
+        Purchase(sale_id=SALE_ID, name="", qty=1, ts=NOW, offset=8),
+    ),
+    ("event_stock", "event", Stock(sale_id=SALE_ID, remaining=37)),
+    ("event_stock_zero", "event", Stock(sale_id=SALE_ID, remaining=0)),
 ]
 
 
@@ -218,6 +416,12 @@ def _pack(obj: Any) -> bytes:
 def _j(text: str) -> bytes:
     return text.encode("utf-8")
 
+
+def _without(wire: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in wire.items() if k != key}
+
+
+BUY_WIRE = to_wire(Buy(room=ROOM, sale=SALE_ID, qty=1, rid="b-1"))
 
 # (name, codec, payload, error) that decode_client must refuse.
 INVALID: list[tuple[str, str, bytes, str]] = [
@@ -275,6 +479,18 @@ INVALID: list[tuple[str, str, bytes, str]] = [
         "UnknownMessageType",
     ),
     ("type_names_are_case_sensitive", "msgpack", _pack({"t": "PING"}), "UnknownMessageType"),
+    (
+        "buy_result_from_client",
+        "msgpack",
+        _pack({"t": "buy_result", "rid": 1, "sale": "s-77", "status": "ok"}),
+        "UnknownMessageType",
+    ),
+    (
+        "buy_type_is_case_sensitive",
+        "msgpack",
+        _pack({**BUY_WIRE, "t": "Buy"}),
+        "UnknownMessageType",
+    ),
     # msgpack: known type, invalid field
     ("join_missing_room", "msgpack", _pack({"t": "join"}), "InvalidField"),
     ("join_room_nil", "msgpack", _pack({"t": "join", "room": None}), "InvalidField"),
@@ -343,6 +559,20 @@ INVALID: list[tuple[str, str, bytes, str]] = [
     ("ping_rid_true", "msgpack", _pack({"t": "ping", "rid": True}), "InvalidField"),
     ("ping_rid_float", "msgpack", _pack({"t": "ping", "rid": 1.5}), "InvalidField"),
     ("ping_rid_map", "msgpack", _pack({"t": "ping", "rid": {}}), "InvalidField"),
+    ("buy_missing_rid", "msgpack", _pack(_without(BUY_WIRE, "rid")), "InvalidField"),
+    ("buy_rid_nil", "msgpack", _pack({**BUY_WIRE, "rid": None}), "InvalidField"),
+    ("buy_rid_empty_string", "msgpack", _pack({**BUY_WIRE, "rid": ""}), "InvalidField"),
+    ("buy_rid_65_chars", "msgpack", _pack({**BUY_WIRE, "rid": "r" * 65}), "InvalidField"),
+    ("buy_rid_true", "msgpack", _pack({**BUY_WIRE, "rid": True}), "InvalidField"),
+    ("buy_missing_room", "msgpack", _pack(_without(BUY_WIRE, "room")), "InvalidField"),
+    ("buy_missing_sale", "msgpack", _pack(_without(BUY_WIRE, "sale")), "InvalidField"),
+    ("buy_sale_empty", "msgpack", _pack({**BUY_WIRE, "sale": ""}), "InvalidField"),
+    ("buy_sale_65_chars", "msgpack", _pack({**BUY_WIRE, "sale": "s" * 65}), "InvalidField"),
+    ("buy_sale_integer", "msgpack", _pack({**BUY_WIRE, "sale": 77}), "InvalidField"),
+    ("buy_qty_zero", "msgpack", _pack({**BUY_WIRE, "qty": 0}), "InvalidField"),
+    ("buy_qty_101", "msgpack", _pack({**BUY_WIRE, "qty": 101}), "InvalidField"),
+    ("buy_qty_negative", "msgpack", _pack({**BUY_WIRE, "qty": -1}), "InvalidField"),
+    ("buy_qty_string", "msgpack", _pack({**BUY_WIRE, "qty": "2"}), "InvalidField"),
     # json: not one well-formed message object
     ("empty_payload", "json", b"", "MalformedMessage"),
     ("not_json", "json", _j("ping"), "MalformedMessage"),
@@ -380,6 +610,198 @@ INVALID: list[tuple[str, str, bytes, str]] = [
         "InvalidField",
     ),
     ("comment_room_object", "json", _j('{"t":"comment","room":{},"text":"hi"}'), "InvalidField"),
+    ("buy_missing_rid", "json", _j('{"t":"buy","room":"live-42","sale":"s-77"}'), "InvalidField"),
+    (
+        "buy_rid_null",
+        "json",
+        _j('{"t":"buy","room":"live-42","sale":"s-77","rid":null}'),
+        "InvalidField",
+    ),
+    (
+        "buy_rid_empty_string",
+        "json",
+        _j('{"t":"buy","room":"live-42","sale":"s-77","rid":""}'),
+        "InvalidField",
+    ),
+    (
+        "buy_qty_zero",
+        "json",
+        _j('{"t":"buy","room":"live-42","sale":"s-77","qty":0,"rid":1}'),
+        "InvalidField",
+    ),
+    (
+        "buy_qty_101",
+        "json",
+        _j('{"t":"buy","room":"live-42","sale":"s-77","qty":101,"rid":1}'),
+        "InvalidField",
+    ),
+    (
+        "buy_qty_float",
+        "json",
+        _j('{"t":"buy","room":"live-42","sale":"s-77","qty":2.0,"rid":1}'),
+        "InvalidField",
+    ),
+    (
+        "buy_sale_null",
+        "json",
+        _j('{"t":"buy","room":"live-42","sale":null,"rid":1}'),
+        "InvalidField",
+    ),
+]
+
+
+def _jd(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _both(name: str, obj: Any, error: str) -> list[tuple[str, str, bytes, str]]:
+    """The same invalid map in both codecs."""
+    return [(name, "msgpack", _pack(obj), error), (name, "json", _jd(obj), error)]
+
+
+JOINED_WIRE = to_wire(
+    Joined(
+        room=ROOM,
+        epoch=EPOCH,
+        offset=0,
+        viewers=1,
+        likes=0,
+        resync=False,
+        recent=(),
+        pin=PRODUCT_MIN,
+        sale=SALE,
+    )
+)
+PIN_WIRE: dict[str, Any] = JOINED_WIRE["pin"]
+SALE_WIRE: dict[str, Any] = JOINED_WIRE["sale"]
+BUY_RESULT_WIRE = to_wire(
+    BuyResult(rid="b-1", sale=SALE_ID, status="ok", order="s-77-1", qty=1, remaining=9)
+)
+
+
+def _pin(**changes: Any) -> dict[str, Any]:
+    """A ``joined`` whose ``pin`` has ``changes`` (a value of None drops the key)."""
+    pin = {k: v for k, v in {**PIN_WIRE, **changes}.items() if v is not None}
+    return {**JOINED_WIRE, "pin": pin}
+
+
+def _extra(extra: Any) -> dict[str, Any]:
+    return _pin(extra=extra)
+
+
+def _sale(**changes: Any) -> dict[str, Any]:
+    sale = {k: v for k, v in {**SALE_WIRE, **changes}.items() if v is not None}
+    return {**JOINED_WIRE, "sale": sale}
+
+
+def _batch(*events: Any) -> dict[str, Any]:
+    return {"t": "batch", "room": ROOM, "ev": list(events)}
+
+
+# (name, codec, payload, error) that decode_server must refuse (what a client refuses).
+INVALID_SERVER: list[tuple[str, str, bytes, str]] = [
+    # not one well-formed message map
+    ("top_level_array", "msgpack", _pack(["batch"]), "MalformedMessage"),
+    ("top_level_array", "json", _j('["batch"]'), "MalformedMessage"),
+    *_both("batch_event_without_t", _batch({"sale": SALE_ID, "remaining": 1}), "MalformedMessage"),
+    *_both("batch_event_not_a_map", _batch("stock"), "MalformedMessage"),
+    # unknown type
+    *_both("client_type_from_server", BUY_WIRE, "UnknownMessageType"),
+    *_both("unknown_type", {"t": "flash", "rid": 1}, "UnknownMessageType"),
+    # buy_result
+    *_both("buy_result_unknown_status", {**BUY_RESULT_WIRE, "status": "maybe"}, "InvalidField"),
+    *_both(
+        "buy_result_status_is_case_sensitive", {**BUY_RESULT_WIRE, "status": "OK"}, "InvalidField"
+    ),
+    *_both("buy_result_status_integer", {**BUY_RESULT_WIRE, "status": 0}, "InvalidField"),
+    *_both("buy_result_missing_status", _without(BUY_RESULT_WIRE, "status"), "InvalidField"),
+    *_both("buy_result_missing_rid", _without(BUY_RESULT_WIRE, "rid"), "InvalidField"),
+    *_both("buy_result_missing_sale", _without(BUY_RESULT_WIRE, "sale"), "InvalidField"),
+    *_both("buy_result_order_empty", {**BUY_RESULT_WIRE, "order": ""}, "InvalidField"),
+    *_both("buy_result_msg_201_chars", {**BUY_RESULT_WIRE, "msg": "m" * 201}, "InvalidField"),
+    *_both("buy_result_negative_remaining", {**BUY_RESULT_WIRE, "remaining": -1}, "InvalidField"),
+    # joined.pin: a product card
+    *_both("joined_pin_not_a_map", {**JOINED_WIRE, "pin": "p-2"}, "InvalidField"),
+    *_both("joined_pin_missing_id", _pin(id=None), "InvalidField"),
+    *_both("joined_pin_missing_title", _pin(title=None), "InvalidField"),
+    *_both("joined_pin_title_empty", _pin(title=""), "InvalidField"),
+    *_both("joined_pin_title_201_chars", _pin(title="限" * 201), "InvalidField"),
+    *_both("joined_pin_price_negative", _pin(price=-1), "InvalidField"),
+    *_both("joined_pin_price_string", _pin(price="9.90"), "InvalidField"),
+    *_both("joined_pin_price_float", _pin(price=9.9), "InvalidField"),
+    *_both("joined_pin_currency_4_chars", _pin(currency="CNYX"), "InvalidField"),
+    *_both("joined_pin_image_1001_chars", _pin(image="h" * 1001), "InvalidField"),
+    *_both("joined_pin_extra_not_a_map", _extra([["stars", 5]]), "InvalidField"),
+    *_both("joined_pin_extra_33_entries", _extra({f"k{i}": i for i in range(33)}), "InvalidField"),
+    *_both("joined_pin_extra_key_65_chars", _extra({"k" * 65: 1}), "InvalidField"),
+    *_both("joined_pin_extra_float_value", _extra({"rating": 4.5}), "InvalidField"),
+    *_both("joined_pin_extra_map_value", _extra({"size": {"w": 1}}), "InvalidField"),
+    *_both("joined_pin_extra_array_value", _extra({"tags": ["a"]}), "InvalidField"),
+    *_both("joined_pin_extra_value_2_pow_53", _extra({"n": 2**53}), "InvalidField"),
+    *_both("joined_pin_extra_value_minus_2_pow_53", _extra({"n": -(2**53)}), "InvalidField"),
+    *_both("joined_pin_extra_text_1001_chars", _extra({"note": "x" * 1001}), "InvalidField"),
+    ("joined_pin_extra_bin_key", "msgpack", _pack(_extra({b"": 1})), "InvalidField"),
+    ("joined_pin_extra_bin_value", "msgpack", _pack(_extra({"k": b""})), "InvalidField"),
+    # joined.sale: a sale snapshot
+    *_both("joined_sale_not_a_map", {**JOINED_WIRE, "sale": [SALE_ID]}, "InvalidField"),
+    *_both("joined_sale_unknown_status", _sale(status="paused"), "InvalidField"),
+    *_both("joined_sale_missing_status", _sale(status=None), "InvalidField"),
+    *_both("joined_sale_missing_pid", _sale(pid=None), "InvalidField"),
+    *_both("joined_sale_limit_zero", _sale(limit=0), "InvalidField"),
+    *_both("joined_sale_negative_remaining", _sale(remaining=-1), "InvalidField"),
+    *_both("joined_sale_starts_float", _sale(starts=1.5), "InvalidField"),
+    # room events
+    *_both(
+        "batch_pinned_missing_product",
+        _batch({"t": "pinned", "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_pinned_product_price_negative",
+        _batch({"t": "pinned", "product": {**PIN_WIRE, "price": -1}, "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_sale_opened_sale_nil",
+        _batch({"t": "sale_opened", "sale": None, "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_sale_closed_unknown_reason",
+        _batch({"t": "sale_closed", "sale": SALE_ID, "reason": "paused", "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_sold_out_missing_off",
+        _batch({"t": "sold_out", "sale": SALE_ID, "ts": NOW}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_purchase_qty_zero",
+        _batch({"t": "purchase", "sale": SALE_ID, "name": "小*", "qty": 0, "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_purchase_name_65_chars",
+        _batch({"t": "purchase", "sale": SALE_ID, "name": "n" * 65, "qty": 1, "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_stock_negative_remaining",
+        _batch({"t": "stock", "sale": SALE_ID, "remaining": -1}),
+        "InvalidField",
+    ),
+    *_both("batch_stock_missing_sale", _batch({"t": "stock", "remaining": 1}), "InvalidField"),
+    *_both(
+        "batch_system_text_2001_chars",
+        _batch({"t": "system", "id": "m-1", "text": "x" * 2001, "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
+    *_both(
+        "batch_unpinned_pid_empty",
+        _batch({"t": "unpinned", "pid": "", "ts": NOW, "off": 1}),
+        "InvalidField",
+    ),
 ]
 
 
@@ -403,21 +825,34 @@ def render_valid() -> str:
     return _dump(out)
 
 
-def render_invalid() -> str:
-    """The text of ``invalid.json``."""
+def _render_invalid(vectors: list[tuple[str, str, bytes, str]]) -> str:
     return _dump(
         [
             {"name": name, "codec": codec, "hex": payload.hex(), "error": error}
-            for name, codec, payload, error in INVALID
+            for name, codec, payload, error in vectors
         ]
     )
 
 
+def render_invalid() -> str:
+    """The text of ``invalid.json``."""
+    return _render_invalid(INVALID)
+
+
+def render_invalid_server() -> str:
+    """The text of ``invalid_server.json``."""
+    return _render_invalid(INVALID_SERVER)
+
+
 def main(argv: list[str]) -> int:
-    """Write both files, or with ``--check`` report whether they are up to date."""
+    """Write the files, or with ``--check`` report whether they are up to date."""
     check = "--check" in argv
     stale = []
-    for path, text in ((VALID_PATH, render_valid()), (INVALID_PATH, render_invalid())):
+    for path, text in (
+        (VALID_PATH, render_valid()),
+        (INVALID_PATH, render_invalid()),
+        (INVALID_SERVER_PATH, render_invalid_server()),
+    ):
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
             continue
