@@ -22,6 +22,8 @@ from protocol import (
     MSGPACK,
     Ack,
     Batch,
+    Buy,
+    BuyResult,
     CloseCode,
     Codec,
     Comment,
@@ -36,19 +38,32 @@ from protocol import (
     Likes,
     MalformedMessage,
     Ping,
+    Pinned,
     Pong,
+    Product,
     ProtocolError,
+    Purchase,
     RoomEvent,
+    SaleClosed,
+    SaleInfo,
+    SaleOpened,
     SendComment,
+    SoldOut,
+    Stock,
+    SystemMessage,
     UnknownMessageType,
+    Unpinned,
     Viewers,
     Welcome,
     codec_for,
 )
 from protocol.messages import (
+    BUY_STATUSES,
     CLIENT_TYPES,
     MAX_INT,
     ROOM_EVENT_TYPES,
+    SALE_CLOSE_REASONS,
+    SALE_STATUSES,
     SERVER_TYPES,
     Field,
 )
@@ -74,10 +89,47 @@ def comment(off: int = 1, text: str = "弹幕") -> Comment:
     return Comment(id=f"c{off}", user_id="u-1", name="小明", text=text, ts=1_000 + off, offset=off)
 
 
-def joined(recent: tuple[RoomEvent, ...] = (), rid: str | int | None = None) -> Joined:
+def joined(
+    recent: tuple[RoomEvent, ...] = (),
+    rid: str | int | None = None,
+    *,
+    pin: Product | None = None,
+    sale: SaleInfo | None = None,
+) -> Joined:
     return Joined(
-        room=ROOM, epoch="e1", offset=9, viewers=3, likes=4, resync=True, recent=recent, rid=rid
+        room=ROOM,
+        epoch="e1",
+        offset=9,
+        viewers=3,
+        likes=4,
+        resync=True,
+        recent=recent,
+        pin=pin,
+        sale=sale,
+        rid=rid,
     )
+
+
+PRODUCT = Product(
+    id="p-1",
+    title="限时秒杀 iPhone",
+    price=599900,
+    currency="CNY",
+    image="https://img.example.com/1.jpg",
+    extra=(("颜色", "黑"), ("stars", 5), ("包邮", True), ("delta", -3), ("one", 1)),
+)
+SALE = SaleInfo(
+    id="s-1",
+    product_id="p-1",
+    price=499900,
+    limit=2,
+    stock=100,
+    remaining=37,
+    starts=1_000,
+    ends=2_000,
+    status="open",
+)
+BUY = {"t": "buy", "room": ROOM, "sale": "s-1", "qty": 1, "rid": "b-1"}
 
 
 # --- negotiation -------------------------------------------------------------------
@@ -522,14 +574,19 @@ def test_msgpack_batch_of_65536_events_uses_array32_header() -> None:
 @codecs
 @pytest.mark.parametrize("rid", [None, 7, "j-1"])
 @pytest.mark.parametrize("n", [0, 1, 20])
+@pytest.mark.parametrize(
+    ("pin", "sale"), [(None, None), (PRODUCT, None), (None, SALE), (PRODUCT, SALE)]
+)
 def test_joined_spliced_from_preencoded_events_equals_full_encoding(
-    codec: Codec, rid: str | int | None, n: int
+    codec: Codec, rid: str | int | None, n: int, pin: Product | None, sale: SaleInfo | None
 ) -> None:
-    recent = tuple(comment(i + 1) for i in range(n))
+    recent = tuple(
+        comment(i + 1) if i % 2 else Pinned(product=PRODUCT, ts=i, offset=i + 1) for i in range(n)
+    )
     parts = [codec.encode_event(ev) for ev in recent]
-    full = codec.encode(joined(recent, rid))
-    assert codec.encode_joined(joined((), rid), parts) == full
-    assert codec.decode_server(full) == joined(recent, rid)
+    full = codec.encode(joined(recent, rid, pin=pin, sale=sale))
+    assert codec.encode_joined(joined((), rid, pin=pin, sale=sale), parts) == full
+    assert codec.decode_server(full) == joined(recent, rid, pin=pin, sale=sale)
 
 
 @codecs
@@ -538,20 +595,302 @@ def test_encode_joined_ignores_joined_recent(codec: Codec) -> None:
     assert codec.decode_server(spliced) == joined((comment(2),))
 
 
+# --- flash sale: buy, buy_result, products, sales ---------------------------------------
+
+
+@codecs
+@pytest.mark.parametrize("rid", ["b", "r" * 64, 0, -MAX_INT, MAX_INT])
+def test_buy_rid_is_a_non_empty_string_or_an_integer(codec: Codec, rid: Any) -> None:
+    msg = codec.decode_client(dumps(codec, {**BUY, "rid": rid}))
+    assert msg == Buy(room=ROOM, sale="s-1", qty=1, rid=rid)
+
+
+@codecs
+@pytest.mark.parametrize("rid", [None, "", "r" * 65, True, 1.5, 2**53])
+def test_buy_without_a_valid_rid_is_invalid_field_without_rid(codec: Codec, rid: Any) -> None:
+    with pytest.raises(InvalidField) as info:
+        codec.decode_client(dumps(codec, {**BUY, "rid": rid}))
+    assert (info.value.field, info.value.rid) == ("rid", None)
+    with pytest.raises(InvalidField) as info:
+        codec.decode_client(dumps(codec, {k: v for k, v in BUY.items() if k != "rid"}))
+    assert info.value.field == "rid"
+
+
+def test_buy_rid_has_no_default() -> None:
+    with pytest.raises(TypeError):
+        Buy(room=ROOM, sale="s-1")  # type: ignore[call-arg]
+
+
+@codecs
+@pytest.mark.parametrize(("qty", "ok"), [(1, True), (100, True), (0, False), (101, False)])
+def test_buy_qty_is_1_to_100_and_defaults_to_1(codec: Codec, qty: int, ok: bool) -> None:
+    data = dumps(codec, {**BUY, "qty": qty, "rid": 9})
+    if ok:
+        assert codec.decode_client(data) == Buy(room=ROOM, sale="s-1", qty=qty, rid=9)
+    else:
+        with pytest.raises(InvalidField) as info:
+            codec.decode_client(data)
+        assert (info.value.field, info.value.rid) == ("qty", 9)
+    no_qty = dumps(codec, {"t": "buy", "room": ROOM, "sale": "s-1", "rid": 9})
+    assert codec.decode_client(no_qty) == Buy(room=ROOM, sale="s-1", rid=9)
+    assert to_wire(Buy(room=ROOM, sale="s-1", rid=9))["qty"] == 1
+
+
+@codecs
+@pytest.mark.parametrize("sale", ["", "s" * 65, 7, None])
+def test_buy_sale_is_1_to_64_chars(codec: Codec, sale: Any) -> None:
+    with pytest.raises(InvalidField) as info:
+        codec.decode_client(dumps(codec, {**BUY, "sale": sale}))
+    assert info.value.field == "sale"
+
+
+@codecs
+@pytest.mark.parametrize("status", BUY_STATUSES)
+def test_buy_result_statuses(codec: Codec, status: str) -> None:
+    message = BuyResult(rid="b-1", sale="s-1", status=status, msg="m")
+    assert codec.decode_server(codec.encode(message)) == message
+
+
+@codecs
+@pytest.mark.parametrize("status", ["OK", "maybe", "", "not_found", 0])
+def test_buy_result_status_outside_the_set_is_invalid_field(codec: Codec, status: Any) -> None:
+    wire = {**to_wire(BuyResult(rid=3, sale="s-1", status="ok")), "status": status}
+    with pytest.raises(InvalidField) as info:
+        codec.decode_server(dumps(codec, wire))
+    assert (info.value.field, info.value.rid) == ("status", 3)
+
+
+def test_buy_result_leaves_out_absent_optionals() -> None:
+    assert list(to_wire(BuyResult(rid=1, sale="s", status="sold_out"))) == [
+        "t",
+        "rid",
+        "sale",
+        "status",
+    ]
+
+
+def test_buy_and_buy_result_travel_in_their_own_direction_only() -> None:
+    with pytest.raises(UnknownMessageType):
+        MSGPACK.decode_server(pack(BUY))
+    with pytest.raises(UnknownMessageType):
+        MSGPACK.decode_client(MSGPACK.encode(BuyResult(rid=1, sale="s", status="ok")))
+
+
+@codecs
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"status": "paused"}, "status"),
+        ({"limit": 0}, "limit"),
+        ({"remaining": -1}, "remaining"),
+        ({"pid": ""}, "pid"),
+        ({"starts": 1.0}, "starts"),
+    ],
+)
+def test_sale_snapshot_fields_are_checked(codec: Codec, values: Any, field: str) -> None:
+    wire = to_wire(joined(sale=SALE, rid="j"))
+    wire["sale"] = {**wire["sale"], **values}
+    with pytest.raises(InvalidField) as info:
+        codec.decode_server(dumps(codec, wire))
+    assert (info.value.field, info.value.rid) == (f"sale.{field}", "j")
+
+
+@codecs
+@pytest.mark.parametrize("reason", SALE_CLOSE_REASONS)
+def test_sale_closed_reasons(codec: Codec, reason: str) -> None:
+    event = SaleClosed(sale_id="s-1", reason=reason, ts=1, offset=2)
+    assert event_from_wire(codec.loads(codec.encode_event(event))) == event
+    with pytest.raises(InvalidField):
+        event_from_wire({**to_wire(event), "reason": reason.upper()})
+
+
+@codecs
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"id": ""}, "id"),
+        ({"title": ""}, "title"),
+        ({"title": "t" * 201}, "title"),
+        ({"price": -1}, "price"),
+        ({"price": True}, "price"),
+        ({"currency": "CN"}, "currency"),
+        ({"currency": "CNYX"}, "currency"),
+        ({"image": "i" * 1001}, "image"),
+        ({"extra": []}, "extra"),
+        ({"extra": {f"k{i}": i for i in range(33)}}, "extra"),
+        ({"extra": {"k" * 65: 1}}, "extra"),
+        ({"extra": {"rating": 4.5}}, "extra.rating"),
+        ({"extra": {"n": 2**53}}, "extra.n"),
+        ({"extra": {"n": -(2**53)}}, "extra.n"),
+        ({"extra": {"s": "x" * 1001}}, "extra.s"),
+        ({"extra": {"m": {"a": 1}}}, "extra.m"),
+        ({"extra": {"l": [1]}}, "extra.l"),
+    ],
+)
+def test_product_fields_are_checked(codec: Codec, values: Any, field: str) -> None:
+    wire = to_wire(joined(pin=PRODUCT, rid=4))
+    wire["pin"] = {**wire["pin"], **values}
+    with pytest.raises(InvalidField) as info:
+        codec.decode_server(dumps(codec, wire))
+    assert (info.value.field, info.value.rid) == (f"pin.{field}", 4)
+
+
+@codecs
+@pytest.mark.parametrize("missing", ["id", "title", "price"])
+def test_product_required_fields(codec: Codec, missing: str) -> None:
+    wire = to_wire(joined(pin=PRODUCT))
+    wire["pin"] = {k: v for k, v in wire["pin"].items() if k != missing}
+    with pytest.raises(InvalidField) as info:
+        codec.decode_server(dumps(codec, wire))
+    assert info.value.field == f"pin.{missing}"
+
+
+@codecs
+@pytest.mark.parametrize("bad", [1, "p", [], True])
+def test_nested_value_that_is_not_a_map_is_invalid_field(codec: Codec, bad: Any) -> None:
+    for key in ("pin", "sale"):
+        with pytest.raises(InvalidField) as info:
+            codec.decode_server(dumps(codec, {**to_wire(joined()), key: bad}))
+        assert info.value.field == key
+    event = {"t": "pinned", "product": bad, "ts": 1, "off": 1}
+    with pytest.raises(InvalidField):
+        codec.decode_server(dumps(codec, {"t": "batch", "room": ROOM, "ev": [event]}))
+
+
+def test_msgpack_bin_in_attrs_is_invalid_field() -> None:
+    for extra in ({b"": 1}, {"k": b""}):
+        wire = {**to_wire(joined(pin=PRODUCT)), "pin": {**to_wire_product(), "extra": extra}}
+        with pytest.raises(InvalidField):
+            MSGPACK.decode_server(pack(wire))
+
+
+def to_wire_product() -> dict[str, Any]:
+    wire: dict[str, Any] = to_wire(joined(pin=PRODUCT))["pin"]
+    return wire
+
+
+@codecs
+def test_attrs_keep_value_types_and_wire_order(codec: Codec) -> None:
+    decoded = codec.decode_server(codec.encode(joined(pin=PRODUCT)))
+    assert isinstance(decoded, Joined) and decoded.pin is not None
+    assert decoded.pin.extra == PRODUCT.extra
+    assert [(k, type(v)) for k, v in decoded.pin.extra or ()] == [
+        ("颜色", str),
+        ("stars", int),
+        ("包邮", bool),
+        ("delta", int),
+        ("one", int),
+    ]
+    assert list(to_wire_product()["extra"]) == ["颜色", "stars", "包邮", "delta", "one"]
+
+
+@codecs
+def test_attrs_null_values_are_absent_and_empty_attrs_round_trip(codec: Codec) -> None:
+    wire = {**to_wire(joined(pin=PRODUCT)), "pin": {**to_wire_product(), "extra": {"a": None}}}
+    decoded = codec.decode_server(dumps(codec, wire))
+    assert isinstance(decoded, Joined) and decoded.pin is not None
+    assert decoded.pin.extra == ()
+    bare = Product(id="p", title="t", price=0, extra=())
+    assert codec.decode_server(codec.encode(joined(pin=bare))) == joined(pin=bare)
+
+
+def test_attrs_with_repeated_keys_cannot_be_encoded() -> None:
+    product = Product(id="p", title="t", price=0, extra=(("k", 1), ("k", 2)))
+    with pytest.raises(ValueError, match="repeated keys"):
+        to_wire(joined(pin=product))
+
+
+@codecs
+def test_unknown_keys_inside_nested_values_are_ignored(codec: Codec) -> None:
+    wire = to_wire(joined(pin=PRODUCT, sale=SALE))
+    wire["pin"] = {**wire["pin"], "video": {"url": "x"}}
+    wire["sale"] = {**wire["sale"], "tier": 2}
+    assert codec.decode_server(dumps(codec, wire)) == joined(pin=PRODUCT, sale=SALE)
+
+
+@codecs
+def test_null_nested_values_are_absent(codec: Codec) -> None:
+    wire = {**to_wire(joined()), "pin": None, "sale": None}
+    assert codec.decode_server(dumps(codec, wire)) == joined()
+    pin = {**to_wire_product(), "currency": None, "image": None, "extra": None}
+    decoded = codec.decode_server(dumps(codec, {**to_wire(joined()), "pin": pin}))
+    assert decoded == joined(pin=Product(id="p-1", title=PRODUCT.title, price=PRODUCT.price))
+
+
+def test_joined_puts_pin_and_sale_after_recent_and_before_rid() -> None:
+    wire = to_wire(joined((comment(),), 1, pin=PRODUCT, sale=SALE))
+    assert list(wire)[-4:] == ["recent", "pin", "sale", "rid"]
+
+
+@codecs
+def test_flash_sale_events_round_trip_in_a_batch(codec: Codec) -> None:
+    events: tuple[RoomEvent, ...] = (
+        SystemMessage(id="m-1", text="8点开抢", ts=1, offset=1),
+        Pinned(product=PRODUCT, ts=2, offset=2),
+        SaleOpened(sale=SALE, ts=3, offset=3),
+        Stock(sale_id="s-1", remaining=36),
+        Purchase(sale_id="s-1", name="小*", qty=1, ts=4, offset=4),
+        SoldOut(sale_id="s-1", ts=5, offset=5),
+        SaleClosed(sale_id="s-1", reason="sold_out", ts=6, offset=6),
+        Unpinned(product_id="p-1", ts=7, offset=7),
+    )
+    batch = Batch(room=ROOM, events=events)
+    parts = [codec.encode_event(ev) for ev in events]
+    assert codec.encode_batch(ROOM, parts) == codec.encode(batch)
+    assert codec.decode_server(codec.encode(batch)) == batch
+
+
+@codecs
+def test_unknown_event_types_among_flash_sale_events_are_skipped(codec: Codec) -> None:
+    stock = Stock(sale_id="s-1", remaining=3)
+    events = [{"t": "coupon", "id": 1}, to_wire(stock), {"t": "lottery"}, to_wire(comment())]
+    data = dumps(codec, {"t": "batch", "room": ROOM, "ev": events})
+    assert codec.decode_server(data) == Batch(room=ROOM, events=(stock, comment()))
+
+
+@codecs
+def test_sale_and_close_status_sets(codec: Codec) -> None:
+    assert set(SALE_STATUSES) == {"scheduled", "open", "sold_out", "closed", "ended"}
+    assert set(BUY_STATUSES) == {"ok", "sold_out", "limit_reached", "not_open", "error"}
+    for status in SALE_STATUSES:
+        sale = SaleInfo(**{**_fields(SALE), "status": status})
+        assert codec.decode_server(codec.encode(joined(sale=sale))) == joined(sale=sale)
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.attr: getattr(obj, f.attr) for f in obj.SCHEMA}
+
+
 # --- properties -------------------------------------------------------------------------
 
 RIDS = st.one_of(st.text(max_size=64), st.integers(-MAX_INT, MAX_INT))
+ATTR_VALUES = st.one_of(
+    st.text(max_size=1000),
+    st.integers(-MAX_INT, MAX_INT),
+    st.sampled_from([0, 1, -MAX_INT, MAX_INT]),
+    st.booleans(),
+)
 
 
 def _value(f: Field) -> st.SearchStrategy[Any]:
     if f.kind == "str":
+        if f.choices:
+            return st.sampled_from(f.choices)
         return st.text(min_size=f.lo, max_size=f.hi)
     if f.kind == "int":
         return st.one_of(st.integers(f.lo, f.hi), st.sampled_from([f.lo, f.hi]))
     if f.kind == "bool":
         return st.booleans()
     if f.kind == "rid":
-        return RIDS
+        return RIDS.filter(lambda rid: not isinstance(rid, str) or len(rid) >= f.lo)
+    if f.kind == "product":
+        return messages(Product)
+    if f.kind == "sale":
+        return messages(SaleInfo)
+    if f.kind == "attrs":
+        return st.dictionaries(st.text(max_size=64), ATTR_VALUES, max_size=f.hi).map(
+            lambda d: tuple(d.items())
+        )
     return st.lists(EVENTS, max_size=20).map(tuple)
 
 
@@ -570,30 +909,45 @@ SERVER_MESSAGES = st.one_of([messages(cls) for cls in SERVER_TYPES.values()])
 
 
 def test_strategies_cover_every_message_type() -> None:
-    covered = {Join, Leave, SendComment, Like, Ping, Welcome, Joined, Left, Batch, Ack, Error}
-    covered |= {Pong, Comment, Likes, Viewers}
+    covered = {Join, Leave, SendComment, Like, Ping, Buy, Welcome, Joined, Left, Batch, Ack}
+    covered |= {Error, Pong, BuyResult, Comment, Likes, Viewers, SystemMessage, Pinned}
+    covered |= {Unpinned, SaleOpened, SaleClosed, SoldOut, Purchase, Stock}
     assert covered == {*CLIENT_TYPES.values(), *SERVER_TYPES.values(), *ROOM_EVENT_TYPES.values()}
+
+
+def _same(decoded: Any, message: Any) -> None:
+    """Equal, and equal in repr too: ``True == 1`` must not hide a bool turned int."""
+    assert decoded == message
+    assert repr(decoded) == repr(message)
 
 
 @PROPERTY
 @given(message=CLIENT_MESSAGES)
 def test_every_client_message_round_trips_through_both_codecs(message: Any) -> None:
     for codec in CODECS:
-        assert codec.decode_client(codec.encode(message)) == message
+        _same(codec.decode_client(codec.encode(message)), message)
 
 
 @PROPERTY
 @given(message=SERVER_MESSAGES)
 def test_every_server_message_round_trips_through_both_codecs(message: Any) -> None:
     for codec in CODECS:
-        assert codec.decode_server(codec.encode(message)) == message
+        _same(codec.decode_server(codec.encode(message)), message)
 
 
 @PROPERTY
 @given(event=EVENTS)
 def test_every_room_event_round_trips_through_both_codecs(event: RoomEvent) -> None:
     for codec in CODECS:
-        assert event_from_wire(codec.loads(codec.encode_event(event))) == event
+        _same(event_from_wire(codec.loads(codec.encode_event(event))), event)
+
+
+@PROPERTY
+@given(product=messages(Product), sale=st.one_of(st.none(), messages(SaleInfo)))
+def test_joined_with_any_pin_and_sale_round_trips(product: Product, sale: SaleInfo | None) -> None:
+    message = joined((Pinned(product=product, ts=1, offset=1),), "j", pin=product, sale=sale)
+    for codec in CODECS:
+        _same(codec.decode_server(codec.encode(message)), message)
 
 
 @PROPERTY
@@ -618,6 +972,7 @@ def test_spliced_joined_equals_full_encoding(message: Joined) -> None:
 WIRE_KEYS = sorted(
     {f.key for cls in (*CLIENT_TYPES.values(), *SERVER_TYPES.values()) for f in cls.SCHEMA}
     | {f.key for cls in ROOM_EVENT_TYPES.values() for f in cls.SCHEMA}
+    | {f.key for cls in (Product, SaleInfo) for f in cls.SCHEMA}
 )
 TYPE_NAMES = sorted({*CLIENT_TYPES, *SERVER_TYPES, *ROOM_EVENT_TYPES, "pin", ""})
 SCALARS = st.one_of(
@@ -627,6 +982,7 @@ SCALARS = st.one_of(
     st.sampled_from([0, 1, 100, 101, MAX_INT, MAX_INT + 1, -(2**53)]),
     st.floats(),
     st.text(max_size=70),
+    st.sampled_from([*BUY_STATUSES, *SALE_STATUSES, *SALE_CLOSE_REASONS, "CNY"]),
 )
 
 
@@ -637,10 +993,13 @@ def _structures(scalars: st.SearchStrategy[Any], keys: st.SearchStrategy[Any]) -
             st.sampled_from(TYPE_NAMES),
             st.dictionaries(st.sampled_from(WIRE_KEYS), children, max_size=8),
         )
+        # Maps with schema keys but no ``t``: nested values (product, sale, attrs).
+        untyped = st.dictionaries(st.sampled_from(WIRE_KEYS), children, max_size=10)
         return st.one_of(
             st.lists(children, max_size=6),
             st.dictionaries(keys, children, max_size=6),
             typed,
+            untyped,
         )
 
     return st.recursive(scalars, extend, max_leaves=30)

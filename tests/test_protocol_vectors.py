@@ -1,9 +1,11 @@
 """The committed test vectors (protocol/vectors/*.json) and SPEC.md hold for the codecs.
 
 Every valid vector encodes to exactly its bytes in both codecs and decodes back to the
-same typed message; every invalid vector is refused with the named error; the generator,
-run afresh, reproduces the committed files byte for byte; SPEC.md's field tables equal
-the schemas and its example exchange equals what the codecs produce.
+same typed message; every invalid vector is refused with the named error (client payloads
+by ``decode_client``, server payloads by ``decode_server``); the generator, run afresh,
+reproduces the committed files byte for byte; SPEC.md's field tables (messages, events and
+the nested ``product`` and ``sale`` values) equal the schemas and its example exchange
+equals what the codecs produce.
 """
 
 from __future__ import annotations
@@ -15,21 +17,23 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from protocol import JSON, MSGPACK, CloseCode, Codec, ErrorCode, errors
 from protocol.messages import (
     CLIENT_TYPES,
+    CONFLATED_EVENT_TYPES,
     MAX_INT,
+    OFFSET_EVENT_TYPES,
     ROOM_EVENT_TYPES,
     SERVER_TYPES,
-    Comment,
     Field,
-    Likes,
     Message,
-    Viewers,
+    Product,
+    RoomEvent,
+    SaleInfo,
 )
 from protocol.wire import event_from_wire, to_wire
 
@@ -50,6 +54,9 @@ def _load_generator() -> ModuleType:
 GENERATOR = _load_generator()
 VALID: list[dict[str, Any]] = json.loads((VECTORS_DIR / "v1.json").read_text("utf-8"))
 INVALID: list[dict[str, Any]] = json.loads((VECTORS_DIR / "invalid.json").read_text("utf-8"))
+INVALID_SERVER: list[dict[str, Any]] = json.loads(
+    (VECTORS_DIR / "invalid_server.json").read_text("utf-8")
+)
 TYPED: dict[str, Message] = {name: message for name, _, message in GENERATOR.VALID}
 
 
@@ -74,11 +81,15 @@ def _ids(vectors: list[dict[str, Any]]) -> list[str]:
 def test_generator_reproduces_the_committed_files() -> None:
     assert GENERATOR.render_valid() == (VECTORS_DIR / "v1.json").read_text("utf-8")
     assert GENERATOR.render_invalid() == (VECTORS_DIR / "invalid.json").read_text("utf-8")
+    assert GENERATOR.render_invalid_server() == (VECTORS_DIR / "invalid_server.json").read_text(
+        "utf-8"
+    )
 
 
 def test_vector_names_are_unique() -> None:
     assert len({v["name"] for v in VALID}) == len(VALID)
     assert len({(v["codec"], v["name"]) for v in INVALID}) == len(INVALID)
+    assert len({(v["codec"], v["name"]) for v in INVALID_SERVER}) == len(INVALID_SERVER)
 
 
 def test_vectors_cover_every_message_and_event_type() -> None:
@@ -88,10 +99,47 @@ def test_vectors_cover_every_message_and_event_type() -> None:
     assert {("event", t) for t in ROOM_EVENT_TYPES} <= seen
 
 
-def test_invalid_vectors_cover_every_error_in_both_codecs() -> None:
-    seen = {(v["codec"], v["error"]) for v in INVALID}
+@pytest.mark.parametrize("vectors", [INVALID, INVALID_SERVER], ids=["client", "server"])
+def test_invalid_vectors_cover_every_error_in_both_codecs(vectors: list[dict[str, Any]]) -> None:
+    seen = {(v["codec"], v["error"]) for v in vectors}
     names = ("MalformedMessage", "UnknownMessageType", "InvalidField")
     assert seen == {(c, e) for c in CODECS for e in names}
+
+
+def test_vectors_cover_the_flash_sale_cases() -> None:
+    names = {v["name"] for v in VALID}
+    # Each attrs value type, unicode product titles, joined with pin and sale.
+    extras = [
+        value
+        for v in VALID
+        for value in _nested_values(v["message"], "extra")
+        if isinstance(value, dict)
+    ]
+    kinds = {type(x) for extra in extras for x in extra.values()}
+    assert kinds == {str, int, bool}
+    assert any(x < 0 for extra in extras for x in extra.values() if type(x) is int)
+    assert any("秒杀" in t for v in VALID for t in _nested_values(v["message"], "title"))
+    joined = [v["message"] for v in VALID if v["message"]["t"] == "joined"]
+    assert any("pin" in m and "sale" in m and m["recent"] for m in joined)
+    statuses = {v["message"]["status"] for v in VALID if v["message"]["t"] == "buy_result"}
+    assert statuses == {"ok", "sold_out", "limit_reached", "not_open", "error"}
+    assert {"buy_missing_rid", "buy_qty_zero", "buy_qty_101"} <= {v["name"] for v in INVALID}
+    assert "buy_result_unknown_status" in {v["name"] for v in INVALID_SERVER}
+    assert "batch_flash_sale_lifecycle" in names
+
+
+def _nested_values(obj: Any, key: str) -> list[Any]:
+    """Every value under ``key`` at any depth of a wire map."""
+    found: list[Any] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key:
+                found.append(v)
+            found.extend(_nested_values(v, key))
+    elif isinstance(obj, list):
+        for item in obj:
+            found.extend(_nested_values(item, key))
+    return found
 
 
 @pytest.mark.parametrize("codec_name", list(CODECS))
@@ -103,8 +151,8 @@ def test_vector_encodes_to_exactly_its_bytes(vector: dict[str, Any], codec_name:
     expected = _payload(vector, codec_name)
     assert codec.encode(message) == expected
     if vector["direction"] == "event":
-        assert isinstance(message, Comment | Likes | Viewers)
-        assert codec.encode_event(message) == expected
+        assert type(message) in ROOM_EVENT_TYPES.values()
+        assert codec.encode_event(cast(RoomEvent, message)) == expected
 
 
 @pytest.mark.parametrize("codec_name", list(CODECS))
@@ -114,6 +162,17 @@ def test_vector_decodes_to_the_same_message(vector: dict[str, Any], codec_name: 
     decoded = _decode(codec, vector["direction"], _payload(vector, codec_name))
     assert decoded == TYPED[vector["name"]]
     assert type(decoded) is type(TYPED[vector["name"]])
+    # Equality alone would let 1 stand for True (in attrs values): compare typed wire maps.
+    assert _typed(to_wire(decoded)) == _typed(vector["message"])
+
+
+def _typed(obj: Any) -> Any:
+    """``obj`` with every scalar paired with its type, so that ``1 != True``."""
+    if isinstance(obj, dict):
+        return {k: _typed(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_typed(v) for v in obj]
+    return (type(obj).__name__, obj)
 
 
 @pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
@@ -131,6 +190,14 @@ def test_invalid_vector_is_refused_with_the_named_error(vector: dict[str, Any]) 
     assert type(info.value) is expected
 
 
+@pytest.mark.parametrize("vector", INVALID_SERVER, ids=_ids(INVALID_SERVER))
+def test_invalid_server_vector_is_refused_with_the_named_error(vector: dict[str, Any]) -> None:
+    expected: type[errors.ProtocolError] = getattr(errors, vector["error"])
+    with pytest.raises(errors.ProtocolError) as info:
+        CODECS[vector["codec"]].decode_server(bytes.fromhex(vector["hex"]))
+    assert type(info.value) is expected
+
+
 # --- SPEC.md stays in step with the schemas and the codecs --------------------------------
 
 SPEC = (VECTORS_DIR.parent / "SPEC.md").read_text("utf-8")
@@ -142,9 +209,9 @@ SCHEMAS: dict[str, Mapping[str, type[Any]]] = {
 }
 
 
-def _spec_tables(direction: str) -> dict[str, list[tuple[str, ...]]]:
-    """Field rows (key, type, req, bounds) of each message type in one SPEC.md section."""
-    section = SPEC.split(SPEC_SECTIONS[direction], 1)[1].split("\n## ", 1)[0]
+def _spec_tables(section_heading: str) -> dict[str, list[tuple[str, ...]]]:
+    """Field rows (key, type, req, bounds) of each ``###`` block of one SPEC.md section."""
+    section = SPEC.split(section_heading, 1)[1].split("\n## ", 1)[0]
     tables: dict[str, list[tuple[str, ...]]] = {}
     for block in section.split("\n### ")[1:]:
         name = re.search(r"`(\w+)`", block.splitlines()[0])
@@ -159,25 +226,57 @@ def _spec_tables(direction: str) -> dict[str, list[tuple[str, ...]]]:
 def _schema_rows(cls: type[Any]) -> list[tuple[str, ...]]:
     def bounds(f: Field) -> str:
         if f.kind == "str":
-            return f"{f.lo}..{f.hi} chars"
+            return f"one of: {', '.join(f.choices)}" if f.choices else f"{f.lo}..{f.hi} chars"
         if f.kind == "int":
             return f"{f.lo}..{'2^53-1' if f.hi == MAX_INT else f.hi}"
-        return {"rid": "§4.3", "bool": "true / false", "events": "array of events"}[f.kind]
+        if f.kind == "rid":
+            return "§4.3" if f.lo == 0 else "§4.3, not empty"
+        if f.kind == "attrs":
+            return f"at most {f.hi} entries"
+        return {
+            "bool": "true / false",
+            "events": "array of events",
+            "product": "§4.6",
+            "sale": "§4.7",
+        }[f.kind]
 
     return [(f.key, f.kind, "yes" if f.required else "no", bounds(f)) for f in cls.SCHEMA]
 
 
 @pytest.mark.parametrize("direction", list(SPEC_SECTIONS))
 def test_spec_field_tables_match_the_schemas(direction: str) -> None:
-    tables = _spec_tables(direction)
+    tables = _spec_tables(SPEC_SECTIONS[direction])
     types = SCHEMAS[direction]
     assert sorted(tables) == sorted(types)
     for name, cls in types.items():
         assert tables[name] == _schema_rows(cls), name
 
 
+def test_spec_value_type_tables_match_the_nested_schemas() -> None:
+    tables = {name: rows for name, rows in _spec_tables("## 4.").items() if rows}
+    assert tables == {"product": _schema_rows(Product), "sale": _schema_rows(SaleInfo)}
+
+
+def test_spec_lists_offset_and_conflated_events() -> None:
+    offsets = SPEC.split("- **Offsets.**", 1)[1].split("\n- ", 1)[0]
+    conflated = SPEC.split("- **Conflated events**", 1)[1].split("\n- ", 1)[0]
+    assert set(re.findall(r"`(\w+)`", offsets)) >= set(OFFSET_EVENT_TYPES)
+    assert set(re.findall(r"`(\w+)`", conflated)) >= set(CONFLATED_EVENT_TYPES)
+
+
+@pytest.mark.parametrize("cls", list(OFFSET_EVENT_TYPES.values()))
+def test_offset_events_end_with_ts_and_off(cls: type[Any]) -> None:
+    assert [f.key for f in cls.SCHEMA][-2:] == ["ts", "off"]
+    assert [f.attr for f in cls.SCHEMA][-1] == "offset"
+
+
+@pytest.mark.parametrize("cls", list(CONFLATED_EVENT_TYPES.values()))
+def test_conflated_events_have_no_offset(cls: type[Any]) -> None:
+    assert "off" not in {f.key for f in cls.SCHEMA}
+
+
 def test_spec_example_exchange_matches_the_codecs() -> None:
-    lines = SPEC.split("## 13.", 1)[1].splitlines()
+    lines = SPEC.split("## 14.", 1)[1].splitlines()
     checked = 0
     for text, hex_line in itertools.pairwise(lines):
         if not text.startswith(("← {", "→ {")):
@@ -199,8 +298,8 @@ def _first_column(section: str) -> set[str]:
 
 
 def test_spec_lists_every_error_code() -> None:
-    assert {code.value for code in ErrorCode} <= _first_column("## 9.")
+    assert {code.value for code in ErrorCode} <= _first_column("## 10.")
 
 
 def test_spec_lists_every_close_code() -> None:
-    assert {str(int(code)) for code in CloseCode} <= _first_column("## 10.")
+    assert {str(int(code)) for code in CloseCode} <= _first_column("## 11.")
