@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import time
+import typing
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -204,8 +205,8 @@ class Connection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP transports implement asyncio.Transport without subclassing it.
+        self.transport = typing.cast(asyncio.Transport, transport)
         self.gateway.connections[self] = None
 
     def data_received(self, data: bytes) -> None:

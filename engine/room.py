@@ -299,6 +299,8 @@ class Hub:
         self._snapshot_size = snapshot_size
         self._min_flush_interval = min_flush_interval
         self._empty_room_ttl = empty_room_ttl
+        self._dropped_events = 0  # counters of forgotten rooms, so totals never go down
+        self._dropped_frames = 0
         self._loop = loop or asyncio.get_running_loop()
 
     def room(self, name: str) -> Room:
@@ -323,17 +325,20 @@ class Hub:
             room.tick()
             if room.empty_since is not None and now - room.empty_since > self._empty_room_ttl:
                 room.close()
+                self._dropped_events += room.events_published
+                self._dropped_frames += room.frames_written
                 del self.rooms[name]
 
     def rooms_of(self, names: Iterable[str]) -> list[Room]:
         return [r for r in (self.rooms.get(n) for n in names) if r is not None]
 
     def statistics(self) -> HubStatistics:
+        rooms = self.rooms.values()
         return HubStatistics(
             rooms=len(self.rooms),
             subscriptions=sum(r.viewers for r in self.rooms.values()),
-            events_published=sum(r.events_published for r in self.rooms.values()),
-            frames_written=sum(r.frames_written for r in self.rooms.values()),
+            events_published=self._dropped_events + sum(r.events_published for r in rooms),
+            frames_written=self._dropped_frames + sum(r.frames_written for r in rooms),
         )
 
     def close(self) -> None:
