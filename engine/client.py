@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from protocol import (
     CODECS,
     Ack,
     Batch,
+    Buy,
+    BuyResult,
     ClientMessage,
     Codec,
     Comment,
@@ -110,8 +113,11 @@ class LiveroomClient:
         data = self.codec.encode(message)
         await self.ws.send(data if self.codec.binary else data.decode())
 
-    async def _request(self, make: Any, timeout: float = 10.0) -> ServerMessage:
-        rid = next(self._rids)
+    async def _request(
+        self, make: Any, timeout: float = 10.0, rid: str | int | None = None
+    ) -> ServerMessage:
+        if rid is None:
+            rid = next(self._rids)
         fut: asyncio.Future[ServerMessage] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
@@ -148,6 +154,22 @@ class LiveroomClient:
     async def like(self, room: str, count: int = 1) -> Ack:
         answer = await self._request(lambda rid: Like(room=room, count=count, rid=rid))
         assert isinstance(answer, Ack)
+        return answer
+
+    async def buy(
+        self, room: str, sale: str, qty: int = 1, *, rid: str | None = None, retry: bool = False
+    ) -> BuyResult:
+        """Press Buy; ``rid`` is the attempt's idempotency key (a fresh one by default).
+
+        To retry an attempt whose answer was lost, call again with the same ``rid`` and
+        ``retry=True``: it is never charged twice and returns the first answer.
+        """
+        key = rid if rid is not None else uuid.uuid4().hex
+        answer = await self._request(
+            lambda _rid: Buy(room=room, sale=sale, qty=qty, rid=key, retry=retry or None),
+            rid=key,
+        )
+        assert isinstance(answer, BuyResult)
         return answer
 
     async def ping(self) -> Pong:

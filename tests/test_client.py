@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from engine.client import CommandError, LiveroomClient
 from engine.server import LiveroomServer
+from engine.stock import SaleSpec
 from protocol import CloseCode, Comment, ErrorCode
 from tests.conftest import ServerFactory, bounded, token
 
@@ -133,3 +136,33 @@ async def test_likes_are_acknowledged(start_server: ServerFactory) -> None:
         assert ack.rid is not None and ack.offset is None
         async with await LiveroomClient.connect(srv.url, token("late")) as late:
             assert (await late.join(ROOM)).likes == 7
+
+
+@bounded(10)
+async def test_buy_answers_ok_and_a_retry_with_the_same_rid_returns_the_same_order(
+    server: LiveroomServer,
+) -> None:
+    async with await LiveroomClient.connect(server.url, token("ann", ["show"])) as c:
+        await c.join("show")
+        assert server.desk is not None
+        now = time.time()
+        await server.desk.open_sale(
+            SaleSpec(
+                "s1",
+                "show",
+                "p1",
+                stock=1,
+                price=100,
+                per_user_limit=1,
+                starts_at=now - 1,
+                ends_at=now + 60,
+            )
+        )
+        first = await c.buy("show", "s1", rid="attempt-1")
+        assert first.status == "ok" and first.order == "s1-1" and first.remaining == 0
+        again = await c.buy("show", "s1", rid="attempt-1", retry=True)
+        assert (again.status, again.order) == ("ok", "s1-1")
+        other = await c.buy("show", "s1")
+        assert other.status == "sold_out"
+        state = await server.desk.state("s1")
+        assert state.sold == 1
