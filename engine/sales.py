@@ -7,21 +7,28 @@ closed, "a viewer bought", sold out, and the live stock count (conflated).
 Guarantees:
 - Every Buy press gets exactly one answer: the store's, the local sold-out flag's, or an
   ``error`` with msg "try again" (the node's queue is full, or the store is unreachable:
-  bounded by ``stock.redis_timeout``). A retry with the same request id is
-  safe: the store remembers every answer by ``<user id>:<rid>``.
+  bounded by ``stock.redis_timeout``: when a store call finds the store unreachable, every
+  press waiting on the node gets that answer too). A retry with the same request id is
+  safe: the store remembers every answer by ``<user id>:<rid>`` (its SHA-256 when that is
+  longer than a store request id may be).
 - Buy presses are gathered for up to ``stock.batch_window_ms`` (or ``stock.batch_max``)
   and sent to the store in one call; each buyer still gets its own answer. At most
   ``stock.max_pending`` presses wait on a node; workers are owned by the server's task
-  group (no task per press).
+  group (no task per press). One store call is in flight at a time, so answers arrive in
+  the order the store decided them.
 - Once a sale is sold out, this node answers new presses (``retry`` false) from a local
   flag without touching the store; a press flagged ``retry`` still goes to the store, so a
   retried request always gets its first answer. A restock or a cancel clears the flag.
-- Room events are published in the order the store decided them.
+- Room events are published in the order the store decided them. A replayed first answer
+  (a retry) is not shown to the room again, and an answer to a ``retry`` press (possibly
+  decided long ago) never moves the room's stock, status or sold-out flag.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,7 +44,10 @@ from engine.stock import (
     SaleState,
     StockError,
     StockStore,
+    StoreUnavailable,
 )
+from engine.stock._answers import REASONS
+from engine.stock.base import MAX_REQUEST_ID_LENGTH
 from protocol import (
     BuyResult,
     Pinned,
@@ -52,6 +62,8 @@ from protocol import (
     Unpinned,
 )
 
+log = logging.getLogger("liveroom.sales")
+
 __all__ = ["PurchaseBatcher", "SaleDesk", "SaleDeskStatistics", "mask_name"]
 
 Answer = Callable[[BuyResult], None]
@@ -64,6 +76,19 @@ def mask_name(name: str) -> str:
     if not name:
         return "***"
     return name[0] + "*" * min(3, max(2, len(name) - 1))
+
+
+def _request_id(user_id: str, rid: str | int) -> str:
+    """The store's request id of a press: the rid scoped by user, within the store's limit.
+
+    Unambiguous: the user id's length prefix keeps ``a:b`` + ``c`` apart from ``a`` +
+    ``b:c``, and the rid's type tag keeps the integer 5 apart from the string "5".
+    """
+    kind = "i" if isinstance(rid, int) else "s"
+    key = f"{len(user_id)}:{user_id}:{kind}{rid}"
+    if len(key) <= MAX_REQUEST_ID_LENGTH:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
 def _ms(seconds: float) -> int:
@@ -143,10 +168,21 @@ class PurchaseBatcher:
                 )
             except StockError as exc:
                 results = exc
+            except Exception as exc:  # a bug must not stop every later purchase on the node
+                log.exception("stock store failed on a batch of %d purchases", len(batch))
+                results = StoreUnavailable(f"store failure: {type(exc).__name__}")
             if self._on_round_trip is not None:
                 self._on_round_trip(time.perf_counter() - started, len(batch))
             for i, (_, done) in enumerate(batch):
-                done(results if isinstance(results, StockError) else results[i])
+                try:
+                    done(results if isinstance(results, StockError) else results[i])
+                except Exception:
+                    log.exception("answering a purchase failed")
+            if isinstance(results, StoreUnavailable):
+                # Unreachable: the waiting presses get the same answer now, not one timeout
+                # per batch later (one call in flight would make that wait add up).
+                while not queue.empty():
+                    queue.get_nowait()[1](results)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +214,11 @@ class SaleDesk:
             batch_max=config.batch_max,
             max_pending=config.max_pending,
             on_round_trip=self._count_round_trip,
+            workers=1,  # one call in flight: answers come back in the store's order
         )
         self.sold_out: set[str] = set()  # local flags
+        # sale id -> request ids whose ok / sold_out answer the room has already been shown
+        self._shown: dict[str, set[str]] = {}
         self.sale_rooms: dict[str, str] = {}  # sale id -> room, for sales opened via this node
         self.answers: Counter[str] = Counter()
         self.local_sold_out_answers = 0
@@ -237,15 +276,20 @@ class SaleDesk:
             reply("sold_out", qty=quantity, remaining=0, msg="sold out")
             return
         request = PurchaseRequest(
-            sale_id=sale_id, user_id=user_id, quantity=quantity, request_id=f"{user_id}:{rid}"
+            sale_id=sale_id,
+            user_id=user_id,
+            quantity=quantity,
+            request_id=_request_id(user_id, rid),
         )
 
         def done(result: PurchaseResult | StockError) -> None:
             if isinstance(result, StockError):
                 reply("error", qty=quantity, msg="try again")
                 return
-            self._after_purchase(room, sale_id, name, result)
+            self._after_purchase(room, sale_id, name, result, retry=retry)
             status = _STATUS.get(result.status, "error")
+            if result.status is PurchaseStatus.ERROR and result.message == _BAD_QUANTITY:
+                status = "limit_reached"  # more than the per-user limit at once (SPEC §9.3)
             reply(
                 status,
                 order=result.order_id,
@@ -257,14 +301,22 @@ class SaleDesk:
         if not self.batcher.submit(request, done):
             reply("error", qty=quantity, msg="try again")
 
-    def _after_purchase(self, room: Room, sale_id: str, name: str, result: PurchaseResult) -> None:
+    def _after_purchase(
+        self, room: Room, sale_id: str, name: str, result: PurchaseResult, *, retry: bool
+    ) -> None:
+        if result.status not in _STOCK_CHANGES:
+            return
+        shown = self._shown.setdefault(sale_id, set())
+        if result.request_id in shown:
+            return  # a replay of a first answer the room has seen: old news
+        shown.add(result.request_id)
         if result.status is PurchaseStatus.OK:
             room.publish(
                 lambda off, ts: Purchase(
                     sale_id=sale_id, name=mask_name(name), qty=result.quantity, ts=ts, offset=off
                 )
             )
-        if result.remaining is not None and result.status in _STOCK_CHANGES:
+        if result.remaining is not None and not retry:
             self._stock_changed(room, sale_id, result.remaining)
 
     def _stock_changed(self, room: Room, sale_id: str, remaining: int) -> None:
@@ -398,3 +450,4 @@ _STATUS = {
     PurchaseStatus.NOT_OPEN: "not_open",
 }
 _STOCK_CHANGES = frozenset({PurchaseStatus.OK, PurchaseStatus.SOLD_OUT})
+_BAD_QUANTITY = REASONS["bad_quantity"][1]
