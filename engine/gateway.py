@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from websockets.exceptions import NegotiationError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -84,6 +85,35 @@ def _select_subprotocol(
         if subprotocol in offered:
             return subprotocol
     raise NegotiationError("unsupported subprotocol; expected one of " + ", ".join(_SUBPROTOCOLS))
+
+
+def _release_handshake(ws: ServerProtocol) -> bool:
+    """Free the handshake request that websockets' server parser keeps alive; True if done.
+
+    ``ServerProtocol.parse`` holds the parsed ``Request`` (headers and all, about 2.5 KB)
+    in a local variable for the whole life of the connection. When the parser is idle at
+    the top of its frame loop (suspended in ``StreamReader.at_eof``, which waits only with
+    nothing buffered), it is swapped for a fresh base-class frame parser, which is in the
+    very same state. In any other state nothing is touched (only memory is at stake), and
+    the caller tries again after the next read. The chain is checked exactly, so a future
+    websockets whose parser looks different is simply left alone.
+    """
+    outer = ws.parser
+    frames = getattr(outer, "gi_yieldfrom", None)
+    inner = getattr(frames, "gi_yieldfrom", None)
+    if (
+        ws.state is not State.OPEN
+        or ws.reader.buffer
+        or getattr(frames, "gi_code", None) is not WsProtocol.parse.__code__
+        or getattr(inner, "gi_code", None) is not type(ws.reader).at_eof.__code__
+        or getattr(inner, "gi_yieldfrom", None) is not None
+    ):
+        return False
+    fresh = WsProtocol.parse(ws)
+    next(fresh)
+    ws.parser = fresh
+    outer.close()
+    return True
 
 
 def _now_ms() -> int:
@@ -162,6 +192,7 @@ class Connection(asyncio.Protocol):
         "_cork",
         "_fragment_op",
         "_fragments",
+        "_handshake_held",
         "_limit",
         "_tokens",
         "_tokens_at",
@@ -197,6 +228,7 @@ class Connection(asyncio.Protocol):
         self.closing_since: float | None = None
         self._fragments: list[bytes] | None = None
         self._cork: list[bytes] | None = None
+        self._handshake_held = True  # websockets' parser still references the request
         self._limit = gateway.config.server.write_buffer_limit
         self._fragment_op = Opcode.BINARY
         self._tokens = float(gateway.config.rooms.comment_burst)  # comment token bucket
@@ -224,6 +256,8 @@ class Connection(asyncio.Protocol):
             self._write_pending()
         finally:
             self._uncork()
+        if self._handshake_held and ws.state is State.OPEN:
+            self._handshake_held = not _release_handshake(ws)
 
     def _uncork(self) -> None:
         cork, self._cork = self._cork, None

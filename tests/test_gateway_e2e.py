@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.protocol import Protocol as WsProtocol
 from websockets.protocol import State
 
 from engine.gateway import Connection
@@ -34,6 +37,7 @@ from protocol import (
     Left,
     Like,
     Likes,
+    Ping,
     SendComment,
     Viewers,
     Welcome,
@@ -776,3 +780,57 @@ async def test_json_subprotocol_is_negotiated_when_offered(server: LiveroomServe
     assert peer.ws.subprotocol == JSON.subprotocol
     assert peer.text_frames == 1
     await peer.close()
+
+
+# --- memory per connection -----------------------------------------------------------------
+
+
+@bounded(10)
+async def test_the_handshake_request_is_not_kept_alive_after_the_connection_opens(
+    server: LiveroomServer,
+) -> None:
+    peer = await Peer.open(server, token("ann", ["r"]))
+    try:
+        await peer.ping()
+        assert server.gateway is not None
+        (conn,) = list(server.gateway.connections)
+        # The parser now is websockets' base frame parser, whose frame holds no Request.
+        assert conn.ws.parser.gi_code is WsProtocol.parse.__code__  # type: ignore[attr-defined]
+        assert not any(
+            isinstance(ref, Request)
+            for ref in gc.get_referents(conn.ws.parser.gi_frame)  # type: ignore[attr-defined]
+        )
+    finally:
+        await peer.close()
+
+
+@bounded(10)
+async def test_a_first_frame_sent_with_the_handshake_in_one_segment_is_answered(
+    server: LiveroomServer,
+) -> None:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", server.port))
+    request = (
+        f"GET /?token={token('ann', ['r'])} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        "Sec-WebSocket-Protocol: liveroom.v1.msgpack\r\n\r\n"
+    ).encode()
+    payload = MSGPACK.encode(Ping(rid=7))
+    frame = bytes([0x82, 0x80 | len(payload)]) + b"\0\0\0\0" + payload  # masked, zero key
+    # The handshake and half of the first frame in one segment, the rest later: the
+    # parser is mid-frame after the handshake, so the request is released one read later.
+    await loop.sock_sendall(sock, request + frame[:3])
+    await asyncio.sleep(0.1)
+    await loop.sock_sendall(sock, frame[3:])
+    received = b""
+    try:
+        while b"pong" not in received:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "server closed the connection"
+            received += chunk
+    finally:
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 101")
