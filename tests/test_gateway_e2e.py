@@ -834,3 +834,28 @@ async def test_a_first_frame_sent_with_the_handshake_in_one_segment_is_answered(
     finally:
         sock.close()
     assert received.startswith(b"HTTP/1.1 101")
+
+
+@bounded(15)
+async def test_closed_connections_are_freed_by_reference_counting_alone(
+    server: LiveroomServer,
+) -> None:
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(10):
+            peer = await Peer.open(server, token(f"u{i}", ["r"]))
+            await peer.join("r")
+            await peer.close()
+        for i in range(10):  # and peers that vanish without a closing handshake
+            raw = await RawClient.connect(server, token(f"v{i}", ["r"]))
+            await raw.send(Join(room="r"))
+            await raw.next_message()
+            raw.close()
+        assert server.gateway is not None
+        await wait_for_condition(lambda: not server.gateway.connections)  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+        alive = [o for o in gc.get_objects() if type(o) is Connection]
+        assert alive == []
+    finally:
+        gc.enable()
