@@ -110,6 +110,7 @@ class RoomsConfig:
     comment_rate: float = 5.0  # comments per second one connection may sustain
     comment_burst: int = 10  # comments one connection may send at once before the rate applies
     conflate_interval_ms: float = 250.0  # like totals and viewer counts go out at most this often
+    fanout_slice: int = 512  # subscribers written per event-loop step when a room fans out
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +439,7 @@ def validate_config(config: Config) -> None:
     _check_float("rooms.comment_rate", r.comment_rate)
     _check_int("rooms.comment_burst", r.comment_burst, 1)
     _check_float("rooms.conflate_interval_ms", r.conflate_interval_ms)
+    _check_int("rooms.fanout_slice", r.fanout_slice, 1)
 
     v = config.service
     if not v.host:

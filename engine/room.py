@@ -3,13 +3,16 @@
 Guarantees:
 - Every room event gets the next offset of its room (1, 2, 3 …) and is delivered to every
   subscriber in offset order, each subscriber getting every event exactly once from the
-  moment its ``joined`` answer was written (the snapshot covers what was already sent;
-  what is still pending goes out in the next batch).
-- Each batch is encoded once per codec in use and the same frame bytes are handed to
-  every subscriber with no await per recipient (``Subscriber.send_frame`` only buffers).
+  moment its ``joined`` answer was written (the snapshot covers what was already sent to
+  its slice; what is still unsent goes out in its next batch).
+- Subscribers sit in slices of ``slice_size``; fan-out writes one slice per event-loop
+  step, each with everything published up to its turn, in one batch frame encoded once
+  per distinct range and codec; the same bytes go to every subscriber of the slice with
+  no await per recipient (``Subscriber.send_frame`` only buffers). Between slices the
+  loop reads again, so an event waits at most about one round of writes.
 - Natural batching: an event schedules a flush on the next loop turn, so in a quiet room
   it leaves at once; everything that arrived meanwhile leaves in the same frame. An
-  optional minimum interval spaces frames further.
+  optional minimum interval spaces rounds further.
 - Conflated values (like total, viewer count) are sent at most once per tick, latest wins.
 - A room's history is a bounded ring buffer; its epoch changes whenever history restarts,
   so clients can tell "resume from offset" apart from "resync".
@@ -80,23 +83,50 @@ def _new_epoch() -> str:
     return f"{_EPOCH_PREFIX}{int(time.time()):x}{next(_epoch_counter):x}"
 
 
+class _Slice:
+    """Up to ``slice_size`` subscribers that are written together, by codec.
+
+    ``sent`` is the offset of the newest event written to them; ``version`` the newest
+    conflated-value version they were sent.
+    """
+
+    __slots__ = ("sent", "size", "subs", "version")
+
+    def __init__(self, sent: int, version: int) -> None:
+        self.subs: dict[Codec, dict[Subscriber, None]] = {}
+        self.sent = sent
+        self.version = version
+        self.size = 0
+
+
 class Room:
-    """One room: subscribers by codec, history, pending events, counters."""
+    """One room: subscribers in slices, history, unsent events, conflated values, counters.
+
+    Fan-out walks the slices in turn, one slice per event-loop step: each slice gets every
+    event published up to that moment in one batch frame (encoded once per distinct range
+    and codec), then the loop reads again before the next slice is written. A busy room's
+    events therefore wait at most about one round of writes, not a round in progress plus
+    a whole next one, and comments keep being read while a large room is written to.
+    """
 
     __slots__ = (
         "_conflated",
+        "_cursor",
+        "_cycle_goal",
         "_flush_handle",
-        "_last_flush",
+        "_frames",
+        "_last_cycle",
         "_loop",
         "_min_interval",
-        "_pending",
         "_ready",
         "_sent_likes",
         "_sent_viewers",
+        "_slice_size",
+        "_unsent",
+        "_version",
         "empty_since",
         "epoch",
         "events_published",
-        "flushed_offset",
         "frames_written",
         "history",
         "likes",
@@ -104,8 +134,8 @@ class Room:
         "offset",
         "pin",
         "sale",
+        "slices",
         "snapshot_size",
-        "subscribers",
     )
 
     def __init__(
@@ -116,35 +146,45 @@ class Room:
         snapshot_size: int,
         min_flush_interval: float,
         loop: asyncio.AbstractEventLoop,
+        slice_size: int = 512,
     ) -> None:
         self.name = name
         self.epoch = _new_epoch()
         self.offset = 0  # offset of the newest event
-        self.flushed_offset = 0  # offset of the newest event already written to subscribers
         self.history: deque[_Entry] = deque(maxlen=history_size)
         self.snapshot_size = snapshot_size
-        self.subscribers: dict[Codec, dict[Subscriber, None]] = {}
+        self.slices: list[_Slice] = []
         self.likes = 0
         self.events_published = 0
         self.frames_written = 0
         self.empty_since: float | None = time.monotonic()
         self.pin: Product | None = None  # the pinned product card, for joiners' snapshots
         self.sale: SaleInfo | None = None  # the room's current sale, for joiners' snapshots
+        self._unsent: deque[_Entry] = deque()  # events some slice has not been sent yet
+        self._conflated: dict[str, RoomEvent] = {}  # key -> latest value, due at the next tick
+        self._ready: dict[str, tuple[int, RoomEvent]] = {}  # key -> (version, value) to send
+        self._version = 0  # bumped at each tick that readied conflated values
         self._sent_likes = 0
         self._sent_viewers = 0
-        self._pending: list[_Entry] = []
-        self._conflated: dict[str, RoomEvent] = {}  # key -> latest value, sent at the next tick
-        self._ready: dict[str, RoomEvent] = {}  # conflated values due in the next flush
+        self._frames: dict[tuple[int, int, int, Codec], bytes] = {}  # this cycle's frames
+        self._cursor = 0  # next slice to consider
+        self._cycle_goal: tuple[int, int] | None = None  # (offset, version) of this cycle
         self._flush_handle: asyncio.Handle | None = None
-        self._last_flush = 0.0
+        self._last_cycle = -1e9
         self._min_interval = min_flush_interval
+        self._slice_size = slice_size
         self._loop = loop
 
     # --- membership -------------------------------------------------------------------
 
     @property
     def viewers(self) -> int:
-        return sum(len(subs) for subs in self.subscribers.values())
+        return sum(sl.size for sl in self.slices)
+
+    @property
+    def flushed_offset(self) -> int:
+        """The newest offset that every subscriber has been sent."""
+        return min((sl.sent for sl in self.slices), default=self.offset)
 
     def join(
         self, sub: Subscriber, *, offset: int | None, epoch: str | None, rid: str | int | None
@@ -153,19 +193,25 @@ class Room:
 
         With ``offset`` and the current ``epoch``, the answer holds exactly the events after
         ``offset`` when the history still has them; otherwise ``resync`` is set and the answer
-        holds the latest ``snapshot_size`` events. The caller must write the answer before
-        control returns to the event loop, so that no batch overtakes it.
+        holds the latest ``snapshot_size`` events. The answer covers the events already sent
+        to the subscriber's slice; the later ones reach it in batches. The caller must write
+        the answer before control returns to the event loop, so that no batch overtakes it.
         """
-        self.subscribers.setdefault(sub.codec, {})[sub] = None
+        last = self.slices[-1] if self.slices else None
+        if last is None or last.size >= self._slice_size:
+            last = _Slice(self.offset, self._version)
+            self.slices.append(last)
+        last.subs.setdefault(sub.codec, {})[sub] = None
+        last.size += 1
         self.empty_since = None
-        # Events still pending are not in the answer: they reach the joiner in the next batch.
-        # (More pending events than the history holds: none of the history is flushed yet.)
-        end = max(0, len(self.history) - (self.offset - self.flushed_offset))
-        oldest = self.history[0].offset if end > 0 else self.flushed_offset + 1
+        sent = last.sent
+        # Events this slice has not been sent yet reach the joiner in its next batch.
+        end = max(0, len(self.history) - (self.offset - sent))
+        oldest = self.history[0].offset if end > 0 else sent + 1
         start = max(0, end - self.snapshot_size)
         resync = False
         if offset is not None:
-            if epoch == self.epoch and oldest - 1 <= offset <= self.flushed_offset:
+            if epoch == self.epoch and oldest - 1 <= offset <= sent:
                 start = offset - oldest + 1
             else:
                 resync = True
@@ -173,7 +219,7 @@ class Room:
         joined = Joined(
             room=self.name,
             epoch=self.epoch,
-            offset=self.flushed_offset,
+            offset=sent,
             viewers=self.viewers,
             likes=self.likes,
             resync=resync,
@@ -185,13 +231,22 @@ class Room:
         return JoinResult(joined, entries)
 
     def leave(self, sub: Subscriber) -> None:
-        subs = self.subscribers.get(sub.codec)
-        if subs is not None:
-            subs.pop(sub, None)
-            if not subs:
-                del self.subscribers[sub.codec]
-        if not self.subscribers:
+        for i, sl in enumerate(self.slices):
+            subs = sl.subs.get(sub.codec)
+            if subs is not None and sub in subs:
+                del subs[sub]
+                sl.size -= 1
+                if not subs:
+                    del sl.subs[sub.codec]
+                if not sl.size:
+                    del self.slices[i]
+                    if self._cursor > i:
+                        self._cursor -= 1
+                break
+        if not self.slices:
             self.empty_since = time.monotonic()
+            self._unsent.clear()
+            self._ready.clear()
 
     # --- publishing -------------------------------------------------------------------
 
@@ -204,9 +259,10 @@ class Room:
         offset = self.offset
         entry = _Entry(offset, build(offset, int(time.time() * 1000)))
         self.history.append(entry)
-        self._pending.append(entry)
         self.events_published += 1
-        self._schedule()
+        if self.slices:
+            self._unsent.append(entry)
+            self._schedule()
         return offset
 
     def publish_comment(self, *, user_id: str, name: str, text: str) -> int:
@@ -227,7 +283,7 @@ class Room:
         self._conflated[key] = event
 
     def tick(self) -> None:
-        """Queue the conflated values that changed since they were last sent."""
+        """Ready the conflated values set since the last tick (latest value per key)."""
         if self.likes != self._sent_likes:
             self._sent_likes = self.likes
             self._conflated["likes"] = Likes(total=self.likes)
@@ -236,34 +292,84 @@ class Room:
             self._sent_viewers = viewers
             self._conflated["viewers"] = Viewers(count=viewers)
         if self._conflated:
-            self._ready.update(self._conflated)
+            self._version += 1
+            for key, event in self._conflated.items():
+                self._ready[key] = (self._version, event)
             self._conflated.clear()
-            self._schedule()
+            if self.slices:
+                self._schedule()
+
+    # --- fan-out ----------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._flush_handle is not None:
-            return
-        wait = self._last_flush + self._min_interval - self._loop.time()
+        if self._flush_handle is not None or self._cycle_goal is not None:
+            return  # a cycle is under way: it picks up what is new
+        wait = self._last_cycle + self._min_interval - self._loop.time()
         if wait > 0:
             self._flush_handle = self._loop.call_later(wait, self.flush)
         else:
             self._flush_handle = self._loop.call_soon(self.flush)
 
+    def _behind(self, sl: _Slice, goal: tuple[int, int]) -> bool:
+        return sl.sent < goal[0] or sl.version < goal[1]
+
     def flush(self) -> None:
-        """Write everything pending as one batch frame per codec in use."""
+        """Write the next slice that is behind; go on with the next one on the next step.
+
+        A cycle starts with the room's current (offset, version) as its goal and writes each
+        slice at most once, each with everything published up to its turn.
+        """
         self._flush_handle = None
-        pending, self._pending = self._pending, []
-        ready = self._ready
-        if not pending and not ready:
+        goal = self._cycle_goal
+        if goal is None:
+            goal = self._cycle_goal = (self.offset, self._version)
+            self._last_cycle = self._loop.time()
+        slices = self.slices
+        n = len(slices)
+        for i in range(n):
+            index = (self._cursor + i) % n
+            if self._behind(slices[index], goal):
+                self._cursor = index + 1
+                self._write(slices[index])
+                break
+        else:
+            self._end_cycle()
             return
-        self._ready = {}
-        self._last_flush = self._loop.time()
-        if pending:
-            self.flushed_offset = pending[-1].offset
-        for codec, subs in list(self.subscribers.items()):
-            parts = [entry.encode(codec) for entry in pending]
-            parts.extend(codec.encode_event(event) for event in ready.values())
-            frame = data_frame(codec.encode_batch(self.name, parts), binary=codec.binary)
+        if any(self._behind(sl, goal) for sl in slices):
+            self._flush_handle = self._loop.call_soon(self.flush)
+        else:
+            self._end_cycle()
+
+    def _end_cycle(self) -> None:
+        self._cycle_goal = None
+        self._frames.clear()
+        low = min((sl.sent for sl in self.slices), default=self.offset)
+        unsent = self._unsent
+        while unsent and unsent[0].offset <= low:
+            unsent.popleft()
+        low_version = min((sl.version for sl in self.slices), default=self._version)
+        for key in [k for k, (v, _) in self._ready.items() if v <= low_version]:
+            del self._ready[key]
+        if any(self._behind(sl, (self.offset, self._version)) for sl in self.slices):
+            self._schedule()
+
+    def _write(self, sl: _Slice) -> None:
+        start, end, version = sl.sent, self.offset, sl.version
+        unsent = self._unsent
+        first = start + 1 - unsent[0].offset if unsent else 0
+        entries = list(itertools.islice(unsent, max(0, first), None)) if end > start else []
+        ready = [event for v, event in self._ready.values() if v > version]
+        sl.sent, sl.version = end, self._version
+        if not entries and not ready:
+            return
+        for codec, subs in sl.subs.items():
+            key = (start, end, version, codec)
+            frame = self._frames.get(key)
+            if frame is None:
+                parts = [entry.encode(codec) for entry in entries]
+                parts.extend(codec.encode_event(event) for event in ready)
+                frame = data_frame(codec.encode_batch(self.name, parts), binary=codec.binary)
+                self._frames[key] = frame
             for sub in list(subs):
                 sub.send_frame(frame)
             self.frames_written += len(subs)
@@ -292,6 +398,7 @@ class Hub:
         snapshot_size: int,
         min_flush_interval: float,
         empty_room_ttl: float = 300.0,
+        slice_size: int = 512,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.rooms: dict[str, Room] = {}
@@ -299,6 +406,7 @@ class Hub:
         self._snapshot_size = snapshot_size
         self._min_flush_interval = min_flush_interval
         self._empty_room_ttl = empty_room_ttl
+        self._slice_size = slice_size
         self._dropped_events = 0  # counters of forgotten rooms, so totals never go down
         self._dropped_frames = 0
         self._loop = loop or asyncio.get_running_loop()
@@ -312,6 +420,7 @@ class Hub:
                 snapshot_size=self._snapshot_size,
                 min_flush_interval=self._min_flush_interval,
                 loop=self._loop,
+                slice_size=self._slice_size,
             )
         return room
 

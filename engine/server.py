@@ -85,6 +85,7 @@ class LiveroomServer:
             history_size=rooms.history_size,
             snapshot_size=rooms.snapshot_size,
             min_flush_interval=rooms.min_flush_interval_ms / 1000,
+            slice_size=rooms.fanout_slice,
             loop=loop,
         )
         self.store = await _open_store(self.config)

@@ -60,7 +60,11 @@ class FakeSubscriber:
 
 
 def make_room(
-    *, history_size: int = 100, snapshot_size: int = 10, min_flush_interval: float = 0.0
+    *,
+    history_size: int = 100,
+    snapshot_size: int = 10,
+    min_flush_interval: float = 0.0,
+    slice_size: int = 512,
 ) -> Room:
     return Room(
         ROOM,
@@ -68,6 +72,7 @@ def make_room(
         snapshot_size=snapshot_size,
         min_flush_interval=min_flush_interval,
         loop=asyncio.get_running_loop(),
+        slice_size=slice_size,
     )
 
 
@@ -166,16 +171,32 @@ async def test_join_while_an_event_is_pending_gets_it_in_the_batch_not_the_snaps
 
 
 @bounded(5)
-async def test_join_with_more_pending_events_than_history_does_not_crash() -> None:
+async def test_events_published_before_anyone_joined_are_the_first_joiners_snapshot() -> None:
     room = make_room(history_size=3, snapshot_size=3)
     for i in range(5):
         publish(room, f"c{i}")
     sub = FakeSubscriber()
-    joined = join(room, sub)  # before the flush: all five are still pending
+    joined = join(room, sub)  # nobody was there: 1 and 2 already left the history
+    assert comments_of(joined) == [3, 4, 5]
+    assert joined.offset == 5
+    await asyncio.sleep(0.01)
+    assert sub.comment_offsets() == []  # nothing is sent twice
+
+
+@bounded(5)
+async def test_join_with_more_unsent_events_than_history_does_not_crash() -> None:
+    room = make_room(history_size=3, snapshot_size=3)
+    early = FakeSubscriber()
+    join(room, early)
+    for i in range(5):
+        publish(room, f"c{i}")
+    sub = FakeSubscriber()
+    joined = join(room, sub)  # joins the early one's slice: all five are unsent there
     assert comments_of(joined) == []
     assert joined.offset == 0
     await asyncio.sleep(0)
     assert sub.comment_offsets() == [1, 2, 3, 4, 5]
+    assert early.comment_offsets() == [1, 2, 3, 4, 5]
 
 
 @bounded(5)
@@ -313,3 +334,80 @@ async def test_hub_creates_rooms_on_demand_and_drops_them_after_the_empty_ttl() 
     hub.tick()
     assert hub.get("a") is None
     hub.close()
+
+
+# --- slices: a large room is written a slice per loop step ------------------------------
+
+
+@bounded(5)
+async def test_a_large_room_is_written_one_slice_per_loop_step() -> None:
+    room = make_room(slice_size=2)
+    subs = [FakeSubscriber() for _ in range(5)]
+    for sub in subs:
+        join(room, sub)
+    assert len(room.slices) == 3
+    publish(room, "one")
+    await asyncio.sleep(0)
+    assert [len(sub.frames) for sub in subs] == [1, 1, 0, 0, 0]
+    await asyncio.sleep(0)
+    assert [len(sub.frames) for sub in subs] == [1, 1, 1, 1, 0]
+    await asyncio.sleep(0)
+    assert [sub.comment_offsets() for sub in subs] == [[1]] * 5
+
+
+@bounded(5)
+async def test_events_published_during_a_round_reach_every_slice_once_and_in_order() -> None:
+    room = make_room(slice_size=2)
+    subs = [FakeSubscriber() for _ in range(6)]
+    for sub in subs:
+        join(room, sub)
+    publish(room, "a")
+    await asyncio.sleep(0)  # slice 1 written with [1]
+    publish(room, "b")
+    publish(room, "c")
+    await asyncio.sleep(0)  # slice 2 written with [1, 2, 3] in one frame
+    publish(room, "d")
+    await wait_for_condition(lambda: all(sub.comment_offsets() == [1, 2, 3, 4] for sub in subs))
+    first_frame_of_slice_2 = subs[2].batches()[0]
+    assert [expect(e, Comment).offset for e in first_frame_of_slice_2.events] == [1, 2, 3]
+    assert room.flushed_offset == 4
+    assert not room._unsent  # everything delivered is forgotten by the fan-out
+
+
+@bounded(5)
+async def test_leaving_and_joining_during_a_round_keeps_every_subscriber_exact() -> None:
+    room = make_room(slice_size=2)
+    subs = [FakeSubscriber() for _ in range(4)]
+    for sub in subs:
+        join(room, sub)
+    publish(room, "a")
+    await asyncio.sleep(0)  # first slice written
+    room.leave(subs[2])
+    room.leave(subs[3])  # the second slice empties and goes away mid-round
+    late = FakeSubscriber()
+    joined = join(room, late)  # joins the first slice: it has been sent offset 1
+    assert comments_of(joined) == [1]
+    publish(room, "b")
+    await wait_for_condition(lambda: late.comment_offsets() == [2])
+    assert subs[0].comment_offsets() == [1, 2] and subs[1].comment_offsets() == [1, 2]
+    assert subs[2].comment_offsets() == [] and len(room.slices) == 2
+
+
+@bounded(5)
+async def test_conflated_values_reach_every_slice() -> None:
+    room = make_room(slice_size=1)
+    subs = [FakeSubscriber() for _ in range(3)]
+    for sub in subs:
+        join(room, sub)
+    room.add_likes(7)
+    room.tick()
+    await wait_for_condition(
+        lambda: all(
+            any(isinstance(e, Likes) and e.total == 7 for b in sub.batches() for e in b.events)
+            for sub in subs
+        )
+    )
+    frames = [len(sub.frames) for sub in subs]
+    room.tick()  # nothing changed: nothing is sent again
+    await asyncio.sleep(0.01)
+    assert [len(sub.frames) for sub in subs] == frames
