@@ -514,8 +514,10 @@ class ClientPool:
         request = _request(self.host, self.port, token)
         every = max(1, count // sampled) if sampled > 0 else 0
         conns: list[BenchConn] = []
+        picked = 0
         for i in range(count):
-            is_sampled = every > 0 and i % every == 0 and len(self.sampled) < sampled
+            is_sampled = every > 0 and i % every == 0 and picked < sampled
+            picked += is_sampled
             conn = BenchConn(
                 self.sink,
                 request,
