@@ -183,9 +183,17 @@ class ServerProc:
                     out[key] = int(line.split()[1])
         return out
 
+    def _gone(self) -> RuntimeError:
+        return RuntimeError(
+            f"{self.name} exited (rc {self.proc.returncode}): {' | '.join(self.tail)[-1500:]}"
+        )
+
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as fp:
-            fields = fp.read().rsplit(")", 1)[1].split()
+        try:
+            with open(f"/proc/{self.pid}/stat") as fp:
+                fields = fp.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            raise self._gone() from None
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 

@@ -122,7 +122,7 @@ async def _serve(host: str, port: int, lifetime: float) -> None:
     loop = asyncio.get_running_loop()
     raw = RawServer()
     server = await loop.create_server(raw, host, port, backlog=4096)
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)  # commands carry whole frames
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
     def answer(obj: dict[str, Any]) -> None:
