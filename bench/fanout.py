@@ -29,14 +29,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import gc
-import hashlib
-import importlib.metadata
 import itertools
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -51,6 +47,7 @@ from typing import Any
 import uvloop
 
 from bench.fanout_clients import ROOM, ClientPool, Counters
+from bench.machine import describe
 from engine.auth import Claims, Role, mint_token
 from engine.config import Config, env_var_name
 from engine.wsframe import data_frame
@@ -773,50 +770,8 @@ def _ratios(lr: dict[str, Any], raw: dict[str, Any]) -> dict[str, float | None]:
 # --------------------------------------------------------------------------- report
 
 
-def _read_first(path: str, key: str) -> str:
-    with contextlib.suppress(OSError), open(path) as fp:
-        for line in fp:
-            if line.startswith(key):
-                return line.split(":", 1)[1].strip()
-    return "?"
-
-
-def _code_fingerprint() -> dict[str, str]:
-    """sha256 (12 hex) of the server code measured: engine/ and protocol/ sources."""
-    digest = hashlib.sha256()
-    newest = 0.0
-    for path in sorted([*REPO_ROOT.glob("engine/**/*.py"), *REPO_ROOT.glob("protocol/**/*.py")]):
-        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
-        newest = max(newest, path.stat().st_mtime)
-    return {
-        "sha256": digest.hexdigest()[:12],
-        "newest_mtime": datetime.datetime.fromtimestamp(newest, datetime.UTC).isoformat(
-            timespec="seconds"
-        ),
-    }
-
-
 def _machine() -> dict[str, Any]:
-    versions = {}
-    for dist in ("liveroom", "websockets", "uvloop", "msgpack", "orjson"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "?"
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu_model": _read_first("/proc/cpuinfo", "model name"),
-        "cpu_mhz": _read_first("/proc/cpuinfo", "cpu MHz"),
-        "cpus": os.cpu_count(),
-        "cpus_usable": sorted(os.sched_getaffinity(0)),
-        "memory": _read_first("/proc/meminfo", "MemTotal"),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "versions": versions,
-        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "server_code": _code_fingerprint(),
-    }
+    return describe(("liveroom", "websockets", "uvloop", "msgpack", "orjson"))
 
 
 def _fmt(x: Any, unit: str = "") -> str:
@@ -1091,8 +1046,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"- memory: {m['memory']}; open files limit {m['nofile_limit']}",
         f"- Python: {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- load average at start {m['loadavg_start']}, at end {m.get('loadavg_end')}",
-        f"- server code (engine/ + protocol/ sources) sha256 {m['server_code']['sha256']}, "
-        f"newest file {m['server_code']['newest_mtime']}",
+        f"- server code (engine/ + protocol/ sources) sha256 {m['server_code_sha256']}",
         "",
         "## Parameters",
         "",

@@ -53,12 +53,8 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
-import datetime
-import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -78,6 +74,7 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 
+from bench.machine import describe
 from bench.purchase_clients import BuyerPool
 from engine.auth import Claims, Role, mint_token
 from engine.stock import (
@@ -1244,48 +1241,13 @@ async def _profiles(
 # --------------------------------------------------------------------------- report
 
 
-def _read_first(path: str, key: str) -> str:
-    with contextlib.suppress(OSError), open(path) as fp:
-        for line in fp:
-            if line.startswith(key):
-                return line.split(":", 1)[1].strip()
-    return "?"
-
-
-def _code_fingerprint() -> str:
-    digest = hashlib.sha256()
-    files = [
-        *REPO_ROOT.glob("engine/**/*.py"),
-        *REPO_ROOT.glob("engine/**/*.lua"),
-        *REPO_ROOT.glob("protocol/**/*.py"),
-    ]
-    for path in sorted(files):
-        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def _machine(rds: RedisProc) -> dict[str, Any]:
-    versions = {}
-    for dist in ("liveroom", "redis", "hiredis", "websockets", "uvloop", "msgpack", "orjson"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = "?"
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu_model": _read_first("/proc/cpuinfo", "model name"),
-        "cpu_mhz": _read_first("/proc/cpuinfo", "cpu MHz"),
-        "cpus": os.cpu_count(),
-        "cpus_usable": sorted(os.sched_getaffinity(0)),
-        "memory": _read_first("/proc/meminfo", "MemTotal"),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "versions": versions,
-        "redis_server": rds.version(),
-        "redis_server_options": "--save '' --appendonly no (no persistence), loopback TCP",
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "server_code_sha256": _code_fingerprint(),
-    }
+    meta = describe(
+        ("liveroom", "redis", "hiredis", "websockets", "uvloop", "msgpack", "orjson")
+    )
+    meta["redis_server"] = rds.version()
+    meta["redis_server_options"] = "--save '' --appendonly no (no persistence), loopback TCP"
+    return meta
 
 
 def _fmt(x: Any, digits: int = 0) -> str:
