@@ -236,6 +236,9 @@ def _liveroom_argv(optimize: bool) -> list[str]:
     return [sys.executable, *flags, "-c", "from engine.cli import main; main()", "serve"]
 
 
+_KNOBS = ("LIVEROOM_ROOMS_FANOUT_SLICE", "LIVEROOM_ROOMS_MIN_FLUSH_INTERVAL_MS")
+
+
 def _liveroom_env(n: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")}
     env.update(
@@ -250,6 +253,9 @@ def _liveroom_env(n: int) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(x for x in (str(REPO_ROOT), env.get("PYTHONPATH")) if x),
         }
     )
+    for knob in _KNOBS:
+        if knob in os.environ:  # tuning experiments: pass these through, recorded in the report
+            env[knob] = os.environ[knob]
     # Other listeners of the node (e.g. the internal service API) take a free port, so a
     # bench server never collides with a dev server or a test run on the default ports.
     defaults = Config()
@@ -1065,6 +1071,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "100000, LIVEROOM_ROOMS_COMMENT_BURST=100000, LIVEROOM_SERVER_MAX_CONNECTIONS=N+1000, "
         "LIVEROOM_LOG_LEVEL=warning, LIVEROOM_SERVICE_PORT=0 if the node has that API "
         "(uvloop on, min_flush_interval_ms 0, heartbeat 20 s)",
+        "- tuning knobs passed through from the environment: "
+        + (", ".join(f"{k}={os.environ[k]}" for k in _KNOBS if k in os.environ) or "none"),
     ]
     if report.get("aborted"):
         lines += ["", "## Run aborted", "", str(report["aborted"])]
