@@ -24,6 +24,7 @@ import itertools
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import pytest
@@ -33,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
+from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -62,10 +64,12 @@ __all__ = [
     "TEST_DEFAULTS",
     "Peer",
     "RawClient",
+    "RecordingSubscriber",
     "ServerFactory",
     "bounded",
     "expect",
     "make_config",
+    "parse_frame",
     "token",
     "wait_for_condition",
 ]
@@ -497,3 +501,51 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# --- a room subscriber that records frames (room and sale desk unit tests) ---------------
+
+
+def parse_frame(data: bytes) -> Frame:
+    """Parse exactly one complete, unmasked server frame from ``data``."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    try:
+        next(parser)
+    except StopIteration as stop:
+        frame: Frame = stop.value
+    else:
+        raise AssertionError("incomplete frame")
+    assert not reader.buffer, "bytes left over after one frame"
+    assert frame.fin
+    return frame
+
+
+@dataclass(eq=False)
+class RecordingSubscriber:
+    """Records the complete frames a room hands it; hashable by identity like a connection."""
+
+    codec: Codec = MSGPACK
+    frames: list[bytes] = field(default_factory=list)
+
+    def send_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def batches(self) -> list[Batch]:
+        out = []
+        for data in self.frames:
+            frame = parse_frame(data)
+            assert frame.opcode is (Opcode.BINARY if self.codec.binary else Opcode.TEXT)
+            out.append(expect(self.codec.decode_server(bytes(frame.data)), Batch))
+        return out
+
+    def events(self) -> list[RoomEvent]:
+        return [event for batch in self.batches() for event in batch.events]
+
+    def of(self, cls: type[RoomEvent]) -> list[RoomEvent]:
+        return [e for e in self.events() if isinstance(e, cls)]
+
+    def comment_offsets(self) -> list[int]:
+        return [e.offset for e in self.events() if isinstance(e, Comment)]

@@ -8,55 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 
-from websockets.frames import Frame, Opcode
-from websockets.streams import StreamReader
+from websockets.frames import Opcode
 
 from engine.room import Hub, Room
-from protocol import JSON, MSGPACK, Batch, Codec, Comment, Joined, Likes, Viewers
-from tests.conftest import bounded, expect, wait_for_condition
+from protocol import JSON, Comment, Joined, Likes, Viewers
+from tests.conftest import RecordingSubscriber, bounded, expect, parse_frame, wait_for_condition
 
 ROOM = "room-1"
 
 
-def parse_frame(data: bytes) -> Frame:
-    """Parse exactly one complete, unmasked server frame from ``data``."""
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False)
-    try:
-        next(parser)
-    except StopIteration as stop:
-        frame: Frame = stop.value
-    else:
-        raise AssertionError("incomplete frame")
-    assert not reader.buffer, "bytes left over after one frame"
-    assert frame.fin
-    return frame
-
-
-@dataclass(eq=False)
-class FakeSubscriber:
-    """Records frames; hashable by identity like a connection."""
-
-    codec: Codec = MSGPACK
-    frames: list[bytes] = field(default_factory=list)
-
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def batches(self) -> list[Batch]:
-        out = []
-        for data in self.frames:
-            frame = parse_frame(data)
-            assert frame.opcode is (Opcode.BINARY if self.codec.binary else Opcode.TEXT)
-            out.append(expect(self.codec.decode_server(bytes(frame.data)), Batch))
-        return out
-
-    def comment_offsets(self) -> list[int]:
-        return [e.offset for b in self.batches() for e in b.events if isinstance(e, Comment)]
+FakeSubscriber = RecordingSubscriber
 
 
 def make_room(

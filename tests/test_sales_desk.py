@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from websockets.frames import Frame
-from websockets.streams import StreamReader
 
 from engine.config import StockConfig
 from engine.room import Hub, Room
@@ -30,14 +28,10 @@ from engine.stock import (
     check_invariants,
 )
 from protocol import (
-    MSGPACK,
-    Batch,
     BuyResult,
-    Codec,
     Pinned,
     Product,
     Purchase,
-    RoomEvent,
     SaleClosed,
     SaleOpened,
     SoldOut,
@@ -45,39 +39,12 @@ from protocol import (
     Unpinned,
     Viewers,
 )
-from tests.conftest import bounded, expect, wait_for_condition
+from tests.conftest import RecordingSubscriber, bounded, expect, wait_for_condition
 
 ROOM = "desk-room"
 
 
-@dataclass(eq=False)
-class Recorder:
-    """A room subscriber that records frames; hashable by identity like a connection."""
-
-    codec: Codec = MSGPACK
-    frames: list[bytes] = field(default_factory=list)
-
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def events(self) -> list[RoomEvent]:
-        out: list[RoomEvent] = []
-        for data in self.frames:
-            reader = StreamReader()
-            reader.feed_data(data)
-            reader.feed_eof()
-            parser = Frame.parse(reader.read_exact, mask=False)
-            try:
-                next(parser)
-            except StopIteration as stop:
-                frame: Frame = stop.value
-            else:
-                raise AssertionError("incomplete frame")
-            out.extend(expect(self.codec.decode_server(bytes(frame.data)), Batch).events)
-        return out
-
-    def of(self, cls: type[RoomEvent]) -> list[RoomEvent]:
-        return [e for e in self.events() if isinstance(e, cls)]
+Recorder = RecordingSubscriber
 
 
 @dataclass
