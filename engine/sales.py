@@ -264,16 +264,33 @@ class SaleDesk:
     ) -> None:
         """Answer one Buy press through ``answer`` (now or once the store has decided)."""
 
-        def reply(status: str, **fields: object) -> None:
+        def reply(
+            status: str,
+            *,
+            msg: str | None = None,
+            order: str | None = None,
+            qty: int | None = quantity,
+            remaining: int | None = None,
+        ) -> None:
             self.answers[status] += 1
-            answer(BuyResult(rid=rid, sale=sale_id, status=status, **fields))  # type: ignore[arg-type]
+            answer(
+                BuyResult(
+                    rid=rid,
+                    sale=sale_id,
+                    status=status,
+                    order=order,
+                    qty=qty,
+                    remaining=remaining,
+                    msg=msg,
+                )
+            )
 
         if self.sale_rooms.get(sale_id) != room.name:
-            reply("error", qty=quantity, msg="unknown sale")
+            reply("error", msg="unknown sale")
             return
         if sale_id in self.sold_out and not retry:
             self.local_sold_out_answers += 1
-            reply("sold_out", qty=quantity, remaining=0, msg="sold out")
+            reply("sold_out", remaining=0, msg="sold out")
             return
         request = PurchaseRequest(
             sale_id=sale_id,
@@ -284,7 +301,7 @@ class SaleDesk:
 
         def done(result: PurchaseResult | StockError) -> None:
             if isinstance(result, StockError):
-                reply("error", qty=quantity, msg="try again")
+                reply("error", msg="try again")
                 return
             self._after_purchase(room, sale_id, name, result, retry=retry)
             status = _STATUS.get(result.status, "error")
@@ -299,7 +316,7 @@ class SaleDesk:
             )
 
         if not self.batcher.submit(request, done):
-            reply("error", qty=quantity, msg="try again")
+            reply("error", msg="try again")
 
     def _after_purchase(
         self, room: Room, sale_id: str, name: str, result: PurchaseResult, *, retry: bool
