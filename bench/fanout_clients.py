@@ -22,8 +22,6 @@ Both run in this process, so the clocks agree.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 import struct
 import time
@@ -33,6 +31,7 @@ from typing import Any, cast
 
 import msgpack
 
+from bench.rawws import SUBPROTOCOL, OpenResult, client_frame, open_all, upgrade_request
 from protocol import MSGPACK
 
 __all__ = [
@@ -48,30 +47,15 @@ __all__ = [
 ]
 
 ROOM = "bench"
-SUBPROTOCOL = MSGPACK.subprotocol
 BATCH_PREFIX = MSGPACK.encode_batch(ROOM, [])[:-1]
 """Payload bytes of every batch of ROOM up to its event array header."""
 _PLEN = len(BATCH_PREFIX)
 
-_ZERO_MASK = b"\x00\x00\x00\x00"
 _LINGER_RST = struct.pack("ii", 1, 0)
 _TEXT_LEN = 64
 _FILLER = "great deal on the red jacket, buy two get one free! " * 2
-_KEY = base64.b64encode(os.urandom(16)).decode()
 
 VIEWER, SAMPLED, COMMENTER = 0, 1, 2
-
-
-def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
-    """A final client frame (masked with a zero key, so the payload goes as is)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 0x10000:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + _ZERO_MASK + payload
 
 
 def _batch_count(data: bytes, at: int) -> int:
@@ -431,28 +415,6 @@ class Counters:
     per_conn_events: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class OpenResult:
-    opened: int
-    failed: int
-    seconds: float
-    first_error: str
-
-
-def _request(host: str, port: int, token: str | None) -> bytes:
-    path = f"/?token={token}" if token else "/"
-    return (
-        f"GET {path} HTTP/1.1\r\n"
-        f"Host: {host}:{port}\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {_KEY}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-        "\r\n"
-    ).encode()
-
-
 class ClientPool:
     """The benchmark's connections to one server."""
 
@@ -472,29 +434,22 @@ class ClientPool:
         concurrency: int,
         timeout: float,
     ) -> OpenResult:
-        loop = asyncio.get_running_loop()
-        sem = asyncio.Semaphore(concurrency)
-
-        async def one(conn: BenchConn) -> None:
-            async with sem:
-                await loop.create_connection(lambda: conn, self.host, self.port)
-                await asyncio.wait_for(conn.ready, timeout)
-
-        t0 = time.monotonic()
-        async with asyncio.timeout(timeout + len(conns) / 200):
-            results = await asyncio.gather(*(one(c) for c in conns), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        return OpenResult(
-            opened=len(conns) - len(failures),
-            failed=len(failures),
-            seconds=time.monotonic() - t0,
-            first_error=repr(failures[0]) if failures else "",
+        return await open_all(
+            conns,
+            lambda conn: cast(BenchConn, conn).ready,
+            self.host,
+            self.port,
+            concurrency=concurrency,
+            timeout=timeout,
+            per_second=200,
         )
 
     async def open_commenters(self, tokens: Sequence[str], *, timeout: float = 15.0) -> OpenResult:
         loop = asyncio.get_running_loop()
         conns = [
-            Commenter(self.sink, _request(self.host, self.port, tok), loop.create_future(), i)
+            Commenter(
+                self.sink, upgrade_request(self.host, self.port, tok), loop.create_future(), i
+            )
             for i, tok in enumerate(tokens)
         ]
         self.commenters.extend(conns)
@@ -511,7 +466,7 @@ class ClientPool:
     ) -> OpenResult:
         """Open ``count`` viewers; ``sampled`` of them, spread evenly, decode payloads."""
         loop = asyncio.get_running_loop()
-        request = _request(self.host, self.port, token)
+        request = upgrade_request(self.host, self.port, token)
         every = max(1, count // sampled) if sampled > 0 else 0
         conns: list[BenchConn] = []
         picked = 0

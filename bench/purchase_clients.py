@@ -19,55 +19,24 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import os
 import socket
 import struct
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import msgpack
 
-from protocol import MSGPACK
+from bench.rawws import ZERO_MASK, OpenResult, client_frame, open_all, upgrade_request
 
 __all__ = ["Buyer", "BuyerPool", "OpenResult", "client_frame"]
 
-SUBPROTOCOL = MSGPACK.subprotocol
-_ZERO_MASK = b"\x00\x00\x00\x00"
 _LINGER_RST = struct.pack("ii", 1, 0)
-_KEY = base64.b64encode(os.urandom(16)).decode()
 _BUY_RESULT = b"\xa1t\xaabuy_result"  # after the map header: {"t": "buy_result", ...
 _BATCH = b"\xa1t\xa5batch"  # {"t": "batch", ...
-_PONG_EMPTY = b"\x8a\x80" + _ZERO_MASK
-
-
-def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
-    """A final client frame (masked with a zero key, so the payload goes as is)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 0x10000:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + _ZERO_MASK + payload
-
-
-def _upgrade(host: str, port: int, token: str) -> bytes:
-    return (
-        f"GET /?token={token} HTTP/1.1\r\n"
-        f"Host: {host}:{port}\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {_KEY}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-        "\r\n"
-    ).encode()
+_PONG_EMPTY = b"\x8a\x80" + ZERO_MASK
 
 
 class _Sink:
@@ -287,14 +256,6 @@ class Buyer(asyncio.Protocol):
         transport.abort()
 
 
-@dataclass(frozen=True, slots=True)
-class OpenResult:
-    opened: int
-    failed: int
-    seconds: float
-    first_error: str
-
-
 class BuyerPool:
     """The buyers of one benchmark phase against one server."""
 
@@ -315,11 +276,10 @@ class BuyerPool:
     ) -> OpenResult:
         """Connect and join one buyer per token (``rooms[i]``, buying in ``sales[i]``)."""
         loop = asyncio.get_running_loop()
-        sem = asyncio.Semaphore(concurrency)
         buyers = [
             Buyer(
                 self.sink,
-                _upgrade(self.host, self.port, token),
+                upgrade_request(self.host, self.port, token),
                 rooms[i],
                 sales[i],
                 1,
@@ -329,20 +289,14 @@ class BuyerPool:
         ]
         self.buyers.extend(buyers)
 
-        async def one(buyer: Buyer) -> None:
-            async with sem:
-                await loop.create_connection(lambda: buyer, self.host, self.port)
-                await asyncio.wait_for(buyer.ready, timeout)
-
-        t0 = time.monotonic()
-        async with asyncio.timeout(timeout + len(buyers) / 100):
-            results = await asyncio.gather(*(one(b) for b in buyers), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        return OpenResult(
-            opened=len(buyers) - len(failures),
-            failed=len(failures),
-            seconds=time.monotonic() - t0,
-            first_error=repr(failures[0]) if failures else "",
+        return await open_all(
+            buyers,
+            lambda buyer: cast(Buyer, buyer).ready,
+            self.host,
+            self.port,
+            concurrency=concurrency,
+            timeout=timeout,
+            per_second=100,
         )
 
     def start(self, limit: int, active: int | None = None) -> None:

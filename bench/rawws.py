@@ -1,0 +1,93 @@
+"""Raw websocket client pieces shared by the benchmarks' cheap clients.
+
+The benchmark clients are bare ``asyncio.Protocol`` objects (thousands per process), so
+they speak the client side of RFC 6455 by hand: the upgrade request, zero-masked client
+frames, and opening many connections with bounded concurrency and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from protocol import MSGPACK
+
+__all__ = ["SUBPROTOCOL", "ZERO_MASK", "OpenResult", "client_frame", "open_all", "upgrade_request"]
+
+SUBPROTOCOL = MSGPACK.subprotocol
+ZERO_MASK = b"\x00\x00\x00\x00"
+_KEY = base64.b64encode(os.urandom(16)).decode()
+
+
+def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A final client frame (masked with a zero key, so the payload goes as is)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 0x10000:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return head + ZERO_MASK + payload
+
+
+def upgrade_request(host: str, port: int, token: str | None) -> bytes:
+    """The HTTP upgrade request for the msgpack subprotocol, token in the query string."""
+    path = f"/?token={token}" if token else "/"
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {_KEY}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
+        "\r\n"
+    ).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class OpenResult:
+    opened: int
+    failed: int
+    seconds: float
+    first_error: str
+
+
+async def open_all(
+    conns: Sequence[asyncio.Protocol],
+    ready: Callable[[asyncio.Protocol], Awaitable[None]],
+    host: str,
+    port: int,
+    *,
+    concurrency: int,
+    timeout: float,
+    per_second: float,
+) -> OpenResult:
+    """Connect every protocol (``concurrency`` at a time) and wait until each is ``ready``.
+
+    Each connection gets ``timeout`` to become ready; the whole call at most ``timeout``
+    plus one second per ``per_second`` connections.
+    """
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(conn: asyncio.Protocol) -> None:
+        async with sem:
+            await loop.create_connection(lambda: conn, host, port)
+            await asyncio.wait_for(ready(conn), timeout)
+
+    t0 = time.monotonic()
+    async with asyncio.timeout(timeout + len(conns) / per_second):
+        results = await asyncio.gather(*(one(c) for c in conns), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    return OpenResult(
+        opened=len(conns) - len(failures),
+        failed=len(failures),
+        seconds=time.monotonic() - t0,
+        first_error=repr(failures[0]) if failures else "",
+    )
