@@ -35,7 +35,7 @@ import msgpack
 import msgspec
 import orjson
 
-from protocol.codec import _MAX_ITEMS, JSON, MSGPACK, MsgpackCodec
+from protocol.codec import JSON, MSGPACK, MsgpackCodec, unpack_untrusted
 from protocol.errors import MalformedMessage
 from protocol.messages import Batch, Comment, Likes, Message, SendComment, Viewers
 from protocol.wire import event_from_wire, to_wire
@@ -91,19 +91,7 @@ BATCH = Batch(
 COMMAND = SendComment(room="live-42", text="这件衣服有M码吗？🔥", rid="c-17")
 
 
-def _unpack(data: bytes) -> Any:
-    # Exactly the untrusted-input settings of protocol.codec.MsgpackCodec.loads.
-    return msgpack.unpackb(
-        data,
-        raw=False,
-        strict_map_key=True,
-        use_list=True,
-        max_bin_len=0,
-        max_ext_len=0,
-        max_array_len=_MAX_ITEMS,
-        max_map_len=_MAX_ITEMS,
-        max_str_len=len(data),
-    )
+_unpack = unpack_untrusted  # exactly protocol.codec.MsgpackCodec.loads's limits
 
 
 _PACKER = msgpack.Packer(use_bin_type=True)

@@ -38,6 +38,7 @@ __all__ = [
     "JsonCodec",
     "MsgpackCodec",
     "codec_for",
+    "unpack_untrusted",
 ]
 
 # Decoder bounds for untrusted input: generous for any valid message, small enough that a
@@ -102,6 +103,25 @@ class Codec:
         return from_wire(self.loads(data), SERVER_TYPES)
 
 
+def unpack_untrusted(data: bytes) -> Any:
+    """msgpack.unpackb with the limits for untrusted input (raises the library's errors).
+
+    No bin or ext values, string map keys only, containers of at most 4096 items, no
+    string longer than the payload itself.
+    """
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        use_list=True,
+        max_bin_len=0,
+        max_ext_len=0,
+        max_array_len=_MAX_ITEMS,
+        max_map_len=_MAX_ITEMS,
+        max_str_len=len(data),
+    )
+
+
 def _msgpack_container_header(n: int, small: int, b16: int, b32: int) -> bytes:
     if n < 16:
         return bytes((small | n,))
@@ -133,17 +153,7 @@ class MsgpackCodec(Codec):
 
     def loads(self, data: bytes) -> Any:
         try:
-            return msgpack.unpackb(
-                data,
-                raw=False,
-                strict_map_key=True,
-                use_list=True,
-                max_bin_len=0,
-                max_ext_len=0,
-                max_array_len=_MAX_ITEMS,
-                max_map_len=_MAX_ITEMS,
-                max_str_len=len(data),
-            )
+            return unpack_untrusted(data)
         except Exception as exc:  # the C unpacker raises many types; all mean "malformed"
             raise MalformedMessage(f"not a msgpack message: {type(exc).__name__}") from None
 
