@@ -11,7 +11,7 @@ type inside an event list (``ev``, ``recent``): both may be added within v1.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from protocol.errors import InvalidField, MalformedMessage, UnknownMessageType
@@ -45,9 +45,37 @@ def to_wire(message: Message) -> dict[str, Any]:
     Raises:
         ValueError: an ``attrs`` value repeats a key (it could not survive the wire map).
     """
-    out: dict[str, Any] = {"t": message.TYPE}
-    _put_fields(message, out)
-    return out
+    cls = type(message)
+    try:
+        flat = _FLAT_ENCODERS[cls]
+    except KeyError:
+        flat = _FLAT_ENCODERS[cls] = _flat_encoder(cls)
+    if flat is not None:
+        return flat(message)
+    return _put_fields(message, {"t": message.TYPE})
+
+
+_SCALAR_KINDS = frozenset({"str", "int", "bool", "rid"})
+_FLAT_ENCODERS: dict[type, Callable[[Any], dict[str, Any]] | None] = {}
+
+
+def _flat_encoder(cls: type) -> Callable[[Any], dict[str, Any]] | None:
+    """A function equal to ``_put_fields(m, {"t": m.TYPE})`` for a schema of scalar fields.
+
+    Generated once per class (as ``dataclasses`` generates ``__init__``): straight-line
+    attribute reads with no per-field kind dispatch, because events are encoded on the
+    fan-out hot path. None for schemas with events, nested maps or attrs.
+    """
+    schema: tuple[Field, ...] = cls.SCHEMA  # type: ignore[attr-defined]
+    if not all(f.kind in _SCALAR_KINDS and f.attr.isidentifier() for f in schema):
+        return None
+    lines = ["def encode(m):", f"    out = {{'t': {cls.TYPE!r}}}"]  # type: ignore[attr-defined]
+    for f in schema:
+        lines += [f"    v = m.{f.attr}", f"    if v is not None: out[{f.key!r}] = v"]
+    lines.append("    return out")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines), namespace)  # the source is built from our own schema only
+    return namespace["encode"]  # type: ignore[no-any-return]
 
 
 def _put_fields(obj: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +97,11 @@ def _put_fields(obj: Any, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_rid(obj: Mapping[Any, Any]) -> Rid | None:
-    rid = obj.get("rid")
+    return _valid_rid(obj.get("rid"))
+
+
+def _valid_rid(rid: Any) -> Rid | None:
+    """``rid`` if it is a usable request id (a short string or a safe integer), else None."""
     if isinstance(rid, str) and len(rid) <= MAX_RID_LENGTH:
         return rid
     if isinstance(rid, int) and not isinstance(rid, bool) and -(2**53) < rid < 2**53:
@@ -107,7 +139,7 @@ def _check(f: Field, value: Any, rid: Rid | None, prefix: str = "") -> Any:
             raise InvalidField(f"{key}: expected a boolean", field=key, rid=rid)
         return value
     if f.kind == "rid":
-        if _read_rid({"rid": value}) is None:
+        if _valid_rid(value) is None:
             raise InvalidField(
                 f"rid: expected a string of at most {MAX_RID_LENGTH} characters or an integer",
                 field="rid",
@@ -171,14 +203,50 @@ def _build(cls: type[M], obj: Any, rid: Rid | None, prefix: str = "") -> M:
     if not isinstance(obj, dict):
         where = prefix[:-1]
         raise InvalidField(f"{where}: expected a map", field=where, rid=rid)
+    plan = _CHECK_PLANS.get(cls)
+    if plan is None:
+        plan = _CHECK_PLANS[cls] = tuple((f, _fast_check(f)) for f in cls.SCHEMA)  # type: ignore[attr-defined]
     kwargs: dict[str, Any] = {}
-    for f in cls.SCHEMA:  # type: ignore[attr-defined]
-        if f.key in obj and obj[f.key] is not None:
-            kwargs[f.attr] = _check(f, obj[f.key], rid, prefix)
-        elif f.required:
-            key = prefix + f.key
-            raise InvalidField(f"{key}: missing", field=key, rid=rid)
+    for f, fast in plan:
+        value = obj.get(f.key)
+        if value is None:
+            if f.required:
+                key = prefix + f.key
+                raise InvalidField(f"{key}: missing", field=key, rid=rid)
+        elif fast is not None and fast(value):
+            kwargs[f.attr] = value
+        else:
+            kwargs[f.attr] = _check(f, value, rid, prefix)
     return cls(**kwargs)
+
+
+_CHECK_PLANS: dict[type, tuple[tuple[Field, Callable[[Any], bool] | None], ...]] = {}
+_RID_INT_BOUND = 2**53
+
+
+def _fast_check(f: Field) -> Callable[[Any], bool] | None:
+    """A quick test that ``value`` is valid for the scalar field ``f``, or None.
+
+    True means :func:`_check` would accept the value unchanged; False means "ask
+    :func:`_check`", which raises the precise error (so the messages stay in one place).
+    """
+    lo, hi = f.lo, f.hi
+    if f.kind == "str" and not f.choices:
+        return lambda v: type(v) is str and lo <= len(v) <= hi
+    if f.kind == "str":
+        choices = frozenset(f.choices)
+        return lambda v: type(v) is str and v in choices
+    if f.kind == "int":
+        return lambda v: type(v) is int and lo <= v <= hi
+    if f.kind == "bool":
+        return lambda v: type(v) is bool
+    if f.kind == "rid":
+        bound = _RID_INT_BOUND
+        return lambda v: (
+            (type(v) is str and lo <= len(v) <= MAX_RID_LENGTH)
+            or (type(v) is int and -bound < v < bound)
+        )
+    return None
 
 
 def from_wire(obj: Any, types: Mapping[str, type[M]]) -> M:
