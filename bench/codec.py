@@ -338,13 +338,13 @@ def _choice(rows: list[Row], options: list[str], identical: dict[str, Any]) -> s
         )
     return text + (
         "choice: msgpack (already the runtime dependency). msgspec does not cut the full "
-            "path by a quarter in both directions, while msgpack's decoder itself refuses ext, "
-            "bin, non-string keys and oversized containers, which the error classes of "
-            "invalid.json rely on. protocol.codec already reuses one msgpack Packer. The bytes "
-            "are identical, so the library can be swapped later without touching the wire; the "
-            "larger lever is the Python validation (msgspec typed Structs would do it in C), a "
-            "design change."
-        )
+        "path by a quarter in both directions, while msgpack's decoder itself refuses ext, "
+        "bin, non-string keys and oversized containers, which the error classes of "
+        "invalid.json rely on. protocol.codec already reuses one msgpack Packer. The bytes "
+        "are identical, so the library can be swapped later without touching the wire; the "
+        "larger lever is the Python validation (msgspec typed Structs would do it in C), a "
+        "design change."
+    )
 
 
 def _extras(overhead: float) -> dict[str, float]:

@@ -1242,9 +1242,7 @@ async def _profiles(
 
 
 def _machine(rds: RedisProc) -> dict[str, Any]:
-    meta = describe(
-        ("liveroom", "redis", "hiredis", "websockets", "uvloop", "msgpack", "orjson")
-    )
+    meta = describe(("liveroom", "redis", "hiredis", "websockets", "uvloop", "msgpack", "orjson"))
     meta["redis_server"] = rds.version()
     meta["redis_server_options"] = "--save '' --appendonly no (no persistence), loopback TCP"
     return meta

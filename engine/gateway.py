@@ -44,7 +44,6 @@ from engine.wsframe import data_frame
 from protocol import (
     CODECS,
     MSGPACK,
-    Ack,
     Buy,
     BuyResult,
     CloseCode,
@@ -306,6 +305,10 @@ class Connection(asyncio.Protocol):
         codec = self.codec
         self.send_frame(data_frame(codec.encode(message), binary=codec.binary))
 
+    def _ack(self, rid: str | int, offset: int | None = None) -> None:
+        codec = self.codec  # the hot path: no Ack object (codec.encode_ack)
+        self.send_frame(data_frame(codec.encode_ack(rid, offset), binary=codec.binary))
+
     def close(self, code: CloseCode, reason: str) -> None:
         """Start the closing handshake with ``code``; no more room frames are written."""
         self.open = False
@@ -512,7 +515,7 @@ class Connection(asyncio.Protocol):
             assert claims is not None
             offset = room.publish_comment(user_id=claims.user_id, name=claims.name, text=text)
             if msg.rid is not None:
-                self.send(Ack(rid=msg.rid, offset=offset))
+                self._ack(msg.rid, offset)
 
     def _take_comment_token(self) -> bool:
         rooms = self.gateway.config.rooms
@@ -553,7 +556,7 @@ class Connection(asyncio.Protocol):
             return
         room.add_likes(msg.count)
         if msg.rid is not None:
-            self.send(Ack(rid=msg.rid))
+            self._ack(msg.rid)
 
     def _leave_all(self) -> None:
         if self.rooms:

@@ -255,24 +255,31 @@ class Room:
 
         The event is kept in the history and goes out in the next batch.
         """
-        self.offset += 1
-        offset = self.offset
-        entry = _Entry(offset, build(offset, int(time.time() * 1000)))
+        offset = self.offset + 1
+        return self._append(offset, build(offset, int(time.time() * 1000)))
+
+    def publish_comment(self, *, user_id: str, name: str, text: str) -> int:
+        """Append a comment to the room and schedule its delivery; return its offset."""
+        offset = self.offset + 1
+        comment = Comment(
+            id=f"{self.epoch}.{offset}",
+            user_id=user_id,
+            name=name,
+            text=text,
+            ts=int(time.time() * 1000),
+            offset=offset,
+        )
+        return self._append(offset, comment)
+
+    def _append(self, offset: int, event: RoomEvent) -> int:
+        self.offset = offset
+        entry = _Entry(offset, event)
         self.history.append(entry)
         self.events_published += 1
         if self.slices:
             self._unsent.append(entry)
             self._schedule()
         return offset
-
-    def publish_comment(self, *, user_id: str, name: str, text: str) -> int:
-        """Append a comment to the room and schedule its delivery; return its offset."""
-        epoch = self.epoch
-        return self.publish(
-            lambda offset, ts: Comment(
-                id=f"{epoch}.{offset}", user_id=user_id, name=name, text=text, ts=ts, offset=offset
-            )
-        )
 
     def add_likes(self, count: int) -> None:
         """Count likes; the total goes out with the next conflation tick."""

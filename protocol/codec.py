@@ -21,9 +21,11 @@ from protocol.errors import MalformedMessage
 from protocol.messages import (
     CLIENT_TYPES,
     SERVER_TYPES,
+    Ack,
     ClientMessage,
     Joined,
     Message,
+    Rid,
     RoomEvent,
     ServerMessage,
 )
@@ -44,6 +46,7 @@ __all__ = [
 # Decoder bounds for untrusted input: generous for any valid message, small enough that a
 # hostile payload cannot make the decoder allocate much more than the payload itself.
 _MAX_ITEMS: Final = 4096
+_ACK_RID, _ACK_OFFSET = (f.key for f in Ack.SCHEMA)  # wire keys, in wire order
 
 
 class Codec:
@@ -68,6 +71,15 @@ class Codec:
     def encode(self, message: Message) -> bytes:
         """Encode any message (client, server or room event)."""
         return self.dumps(to_wire(message))
+
+    def encode_ack(self, rid: Rid, offset: int | None = None) -> bytes:
+        """The bytes of ``encode(Ack(rid=rid, offset=offset))``, without building the Ack.
+
+        Every accepted comment is answered with one, so it skips the message object.
+        """
+        if offset is None:
+            return self.dumps({"t": Ack.TYPE, _ACK_RID: rid})
+        return self.dumps({"t": Ack.TYPE, _ACK_RID: rid, _ACK_OFFSET: offset})
 
     def encode_event(self, event: RoomEvent) -> bytes:
         """Encode one room event, for splicing into batches with :meth:`encode_batch`."""

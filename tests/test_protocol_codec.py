@@ -967,6 +967,13 @@ def test_spliced_joined_equals_full_encoding(message: Joined) -> None:
         assert codec.encode_joined(message, parts) == codec.encode(message)
 
 
+@PROPERTY
+@given(message=messages(Ack))
+def test_encode_ack_equals_encoding_the_message(message: Ack) -> None:
+    for codec in CODECS:
+        assert codec.encode_ack(message.rid, message.offset) == codec.encode(message)
+
+
 # Arbitrary input: decoders may refuse it, but only with ProtocolError.
 
 WIRE_KEYS = sorted(

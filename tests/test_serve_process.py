@@ -48,9 +48,7 @@ def served() -> Iterator[tuple[subprocess.Popen[str], int, int]]:
         "LIVEROOM_AUTH_SECRET": SECRET,
         "LIVEROOM_SERVICE_API_KEYS": "k-test",
     }
-    proc = subprocess.Popen(
-        [str(LIVEROOM), "serve"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([str(LIVEROOM), "serve"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
