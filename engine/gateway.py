@@ -141,6 +141,10 @@ class Gateway:
         self._session_prefix = os.urandom(4).hex()
         self.accepting = True
         self.drained = asyncio.Event()  # set once shutting down and no connection is left
+        # Read by every comment: kept here rather than looked up through config each time.
+        self.max_comment_length = config.rooms.max_comment_length
+        self.comment_rate = config.rooms.comment_rate
+        self.comment_burst = float(config.rooms.comment_burst)
 
     def new_session_id(self) -> str:
         return f"{self._session_prefix}-{next(self._session_ids):x}"
@@ -500,15 +504,17 @@ class Connection(asyncio.Protocol):
         if room is None:
             return
         text = msg.text.strip()
-        limit = self.gateway.config.rooms.max_comment_length
+        gateway = self.gateway
         if not text:
             self._refuse(ErrorCode.EMPTY_COMMENT, "comment text is empty", msg.rid)
-        elif len(text) > limit:
+        elif len(text) > gateway.max_comment_length:
+            limit = gateway.max_comment_length
             self._refuse(ErrorCode.COMMENT_TOO_LONG, f"comment longer than {limit}", msg.rid)
-        elif not _CONTROL_CHARS.isdisjoint(text):
+        # isprintable() is True for most texts and excludes every control character.
+        elif not text.isprintable() and not _CONTROL_CHARS.isdisjoint(text):
             self._refuse(ErrorCode.INVALID_FIELD, "text: control characters", msg.rid)
         elif not self._take_comment_token():
-            rate = self.gateway.config.rooms.comment_rate
+            rate = gateway.comment_rate
             self._refuse(ErrorCode.RATE_LIMITED, f"more than {rate:g} comments/s", msg.rid)
         else:
             claims = self.claims
@@ -518,15 +524,16 @@ class Connection(asyncio.Protocol):
                 self._ack(msg.rid, offset)
 
     def _take_comment_token(self) -> bool:
-        rooms = self.gateway.config.rooms
+        gateway = self.gateway
         now = self.last_recv
-        self._tokens = min(
-            float(rooms.comment_burst), self._tokens + (now - self._tokens_at) * rooms.comment_rate
-        )
+        tokens = self._tokens + (now - self._tokens_at) * gateway.comment_rate
         self._tokens_at = now
-        if self._tokens < 1.0:
+        if tokens > gateway.comment_burst:
+            tokens = gateway.comment_burst
+        if tokens < 1.0:
+            self._tokens = tokens
             return False
-        self._tokens -= 1.0
+        self._tokens = tokens - 1.0
         return True
 
     def _on_buy(self, msg: Buy) -> None:
