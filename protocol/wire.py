@@ -203,50 +203,71 @@ def _build(cls: type[M], obj: Any, rid: Rid | None, prefix: str = "") -> M:
     if not isinstance(obj, dict):
         where = prefix[:-1]
         raise InvalidField(f"{where}: expected a map", field=where, rid=rid)
-    plan = _CHECK_PLANS.get(cls)
-    if plan is None:
-        plan = _CHECK_PLANS[cls] = tuple((f, _fast_check(f)) for f in cls.SCHEMA)  # type: ignore[attr-defined]
-    kwargs: dict[str, Any] = {}
-    for f, fast in plan:
-        value = obj.get(f.key)
-        if value is None:
-            if f.required:
-                key = prefix + f.key
-                raise InvalidField(f"{key}: missing", field=key, rid=rid)
-        elif fast is not None and fast(value):
-            kwargs[f.attr] = value
-        else:
-            kwargs[f.attr] = _check(f, value, rid, prefix)
-    return cls(**kwargs)
+    try:
+        build = _BUILDERS[cls]
+    except KeyError:
+        build = _BUILDERS[cls] = _builder(cls)
+    return build(obj, rid, prefix)  # type: ignore[no-any-return]
 
 
-_CHECK_PLANS: dict[type, tuple[tuple[Field, Callable[[Any], bool] | None], ...]] = {}
-_RID_INT_BOUND = 2**53
+_BUILDERS: dict[type, Callable[[dict[str, Any], Rid | None, str], Any]] = {}
 
 
-def _fast_check(f: Field) -> Callable[[Any], bool] | None:
-    """A quick test that ``value`` is valid for the scalar field ``f``, or None.
+def _missing(key: str, rid: Rid | None) -> InvalidField:
+    return InvalidField(f"{key}: missing", field=key, rid=rid)
 
-    True means :func:`_check` would accept the value unchanged; False means "ask
-    :func:`_check`", which raises the precise error (so the messages stay in one place).
+
+def _fast_test(f: Field, i: int) -> str:
+    """Source of a quick test that ``v`` is valid for ``f`` as it is, or ``"False"``.
+
+    True means :func:`_check` would accept ``v`` unchanged; False means "ask :func:`_check`",
+    which raises the precise error (so every message stays in one place).
     """
-    lo, hi = f.lo, f.hi
-    if f.kind == "str" and not f.choices:
-        return lambda v: type(v) is str and lo <= len(v) <= hi
+    if f.kind == "str" and f.choices:
+        return f"type(v) is str and v in C{i}"
     if f.kind == "str":
-        choices = frozenset(f.choices)
-        return lambda v: type(v) is str and v in choices
+        return f"type(v) is str and {f.lo} <= len(v) <= {f.hi}"
     if f.kind == "int":
-        return lambda v: type(v) is int and lo <= v <= hi
+        return f"type(v) is int and {f.lo} <= v <= {f.hi}"
     if f.kind == "bool":
-        return lambda v: type(v) is bool
+        return "type(v) is bool"
     if f.kind == "rid":
-        bound = _RID_INT_BOUND
-        return lambda v: (
-            (type(v) is str and lo <= len(v) <= MAX_RID_LENGTH)
-            or (type(v) is int and -bound < v < bound)
+        bound = 2**53
+        return (
+            f"(type(v) is str and {f.lo} <= len(v) <= {MAX_RID_LENGTH})"
+            f" or (type(v) is int and {-bound} < v < {bound})"
         )
-    return None
+    return "False"
+
+
+def _builder(cls: type) -> Callable[[dict[str, Any], Rid | None, str], Any]:
+    """A function equal to the schema walk: each field read, tested, checked, then ``cls(...)``.
+
+    Generated once per class (as ``dataclasses`` generates ``__init__``), because every
+    client message is validated on the intake hot path: straight-line code with each
+    field's bounds inlined. Only valid values take the quick test; anything else goes
+    to :func:`_check`, the one place that explains errors.
+    """
+    schema: tuple[Field, ...] = cls.SCHEMA  # type: ignore[attr-defined]
+    namespace: dict[str, Any] = {"cls": cls, "_check": _check, "_missing": _missing}
+    lines = ["def build(obj, rid, prefix):", "    kw = {}"]
+    for i, f in enumerate(schema):
+        namespace[f"F{i}"] = f
+        namespace[f"C{i}"] = frozenset(f.choices)
+        lines.append(f"    v = obj.get({f.key!r})")
+        if f.required:
+            lines += ["    if v is None:", f"        raise _missing(prefix + {f.key!r}, rid)"]
+        else:
+            lines += ["    if v is None:", "        pass"]
+        lines += [
+            f"    elif {_fast_test(f, i)}:",
+            f"        kw[{f.attr!r}] = v",
+            "    else:",
+            f"        kw[{f.attr!r}] = _check(F{i}, v, rid, prefix)",
+        ]
+    lines.append("    return cls(**kw)")
+    exec("\n".join(lines), namespace)  # the source is built from our own schema only
+    return namespace["build"]  # type: ignore[no-any-return]
 
 
 def from_wire(obj: Any, types: Mapping[str, type[M]]) -> M:
