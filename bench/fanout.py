@@ -949,6 +949,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
                 _fmt(r["n"]),
                 f"{_fmt(mx['frames_per_s'])} ({_fmt(mx['frames_per_s_median'])})",
                 _fmt(mx["events_per_s"]),
+                _fmt(round(mx["events_per_s"] / r["n"])),
                 _fmt(mx["events_per_frame"]),
                 _fmt(mx["bytes_per_frame"]),
                 _fmt(mx["latency_ms"]["p99"]),
@@ -975,6 +976,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
             "N",
             "LR frames/s (median)",
             "LR events/s",
+            "comments/s in",
             "ev/frame",
             "B/frame",
             "p99 ms",
@@ -1054,7 +1056,10 @@ def _markdown(report: dict[str, Any]) -> str:
         "rounds of each round's ratio of 1-s-window medians; *per srv CPU-s* "
         "divides each side by its server's CPU use; *events vs 1-event raw* = liveroom "
         "events/s / raw events/s when the raw loop writes one event per frame (what "
-        "writing each event separately could deliver).",
+        "writing each event separately could deliver); *comments/s in* = the comments the "
+        "server took in per second (events/s / N): the raw loop takes nothing in, so at max "
+        "rate the frames ratio is at most 1 minus the share of the server's core that "
+        "taking comments in costs (`python -m bench.intake` measures it per comment).",
         "",
         "## Machine",
         "",
