@@ -290,20 +290,9 @@ class Connection(asyncio.Protocol):
     # --- output -----------------------------------------------------------------------
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue a complete websocket frame; cut the peer off if it reads too slowly.
-
-        Called once per subscriber per batch frame: ``_write`` inlined, one call fewer.
-        """
-        if not self.open:
-            return
-        if self._cork is not None:
-            self._cork.append(frame)
-            return
-        transport = self.transport
-        assert transport is not None
-        transport.write(frame)
-        if transport.get_write_buffer_size() > self._limit:
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many unsent bytes")
+        """Queue a complete websocket frame; cut the peer off if it reads too slowly."""
+        if self.open:
+            self._write(frame)
 
     def _write(self, data: bytes) -> None:
         """Write to the transport (or the cork, while a read is handled); enforce the limit."""
