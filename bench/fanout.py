@@ -82,7 +82,7 @@ class Params:
     window: int = 8  # comments in flight per commenter in max-rate mode
     flood_limit: int = 5_000_000  # comments per max-rate phase, at most
     sampled: int = 50  # viewers that decode payloads (offsets, latency)
-    rounds: int = 3  # max-rate liveroom / raw pairs per N (fresh processes each round)
+    rounds: int = 5  # max-rate liveroom / raw pairs per N (fresh processes each round)
     # At max rate (and in the raw runs) sampled viewers decode one batch in 32: at 1k viewers
     # one in 8 kept the client core saturated (the server then idled ~3% waiting on it).
     max_decode_every: int = 32
@@ -90,7 +90,7 @@ class Params:
     drain_timeout: float = 8.0
     write_buffer_limit: int = 1 << 20  # raw server: skip a peer with more unsent bytes
     pin: bool = True
-    budget: float = 600.0  # seconds for the whole run
+    budget: float = 1200.0  # seconds for the whole run
 
 
 QUICK = Params(
@@ -618,7 +618,8 @@ async def _run_liveroom(
             f"(second half: {out['idle_kb_per_conn_marginal']}), "
             f"{out['idle_kb_per_conn_vmrss']} KB/conn VmRSS (VmRSS {mem_idle['VmRSS']} KB)"
         )
-        for rate in p.rates if full else ():
+        # Later rounds repeat only the latency target's rate: its p99 is judged on the median.
+        for rate in p.rates if full else [r for r in p.rates if r == TARGET_P99_RATE]:
             r = await _fixed_rate(pool, server, rate, p)
             out[f"rate{rate}"] = r
             lat = r["latency_ms"]
@@ -834,10 +835,13 @@ def _targets(runs: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
         for r in runs
         if "liveroom" in r and key in r["liveroom"]
     }
+    rounds = {r["n"]: [p99.get(r["n"]), *r.get("p99_rounds", [])] for r in runs}
     if TARGET_P99_N in p99:
-        value = p99[TARGET_P99_N]
+        values = [v for v in rounds[TARGET_P99_N] if v is not None]
+        value = statistics.median(values) if values else None
         verdict: bool | None = value is not None and value < TARGET_P99_MS
-        measured = f"{value} ms"
+        each = " / ".join(f"{v}" for v in values)
+        measured = f"{value} ms (median of rounds: {each})" if len(values) > 1 else f"{value} ms"
     else:
         verdict = None
         measured = (
@@ -848,7 +852,7 @@ def _targets(runs: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
     out.append(
         {
             "target": f"p99 < {TARGET_P99_MS:g} ms at {TARGET_P99_N} viewers and "
-            f"{TARGET_P99_RATE} comments/s",
+            f"{TARGET_P99_RATE} comments/s (median over rounds)",
             "measured": measured,
             "pass": verdict,
         }
@@ -1083,7 +1087,9 @@ def _markdown(report: dict[str, Any]) -> str:
         f"- max rate: {p['commenters']} commenters x {p['window']} comments in flight "
         f"(a new one per ack), {p['max_warmup']} s warm-up + {p['max_seconds']} s measured",
         f"- {p['rounds']} round(s) per N of max-rate liveroom vs raw batch, each in fresh "
-        "processes (the first round is the one detailed in the tables)",
+        "processes (the first round is the one detailed in the tables); every round also "
+        f"repeats the {TARGET_P99_RATE} comments/s phase, whose p99 target is judged on the "
+        "median over rounds",
         f"- raw loop: {p['base_warmup']} s warm-up + {p['base_seconds']} s measured per "
         f"frame size; peers with more than {p['write_buffer_limit']} unsent bytes skipped",
         "- liveroom server: `liveroom serve`, defaults except LIVEROOM_ROOMS_COMMENT_RATE="
@@ -1178,6 +1184,11 @@ async def _amain(p: Params, command: str, quick: bool) -> dict[str, Any]:
                         events = max(1, round(lr["max"]["events_per_frame"]))
                         raw = await _run_baseline(n, p, server_cpu, events, full=False)
                         pairs.append((lr["max"], raw["batch"]))
+                        rate_key = f"rate{TARGET_P99_RATE}"
+                        if rate_key in lr:
+                            run.setdefault("p99_rounds", []).append(
+                                lr[rate_key]["latency_ms"]["p99"]
+                            )
                     run["max_rounds"] = _rounds(pairs)
                     _log(f"N={n}: frames ratio by round {run['max_rounds']['ratio_per_round']}")
                 except (OSError, RuntimeError, KeyError, TimeoutError) as exc:
