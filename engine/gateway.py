@@ -141,10 +141,6 @@ class Gateway:
         self._session_prefix = os.urandom(4).hex()
         self.accepting = True
         self.drained = asyncio.Event()  # set once shutting down and no connection is left
-        # Read by every comment: kept here rather than looked up through config each time.
-        self.max_comment_length = config.rooms.max_comment_length
-        self.comment_rate = config.rooms.comment_rate
-        self.comment_burst = float(config.rooms.comment_burst)
 
     def new_session_id(self) -> str:
         return f"{self._session_prefix}-{next(self._session_ids):x}"
@@ -306,12 +302,14 @@ class Connection(asyncio.Protocol):
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many unsent bytes")
 
     def send(self, message: Message) -> None:
-        codec = self.codec
-        self.send_frame(data_frame(codec.encode(message), binary=codec.binary))
+        self._send_payload(self.codec.encode(message))
 
     def _ack(self, rid: str | int, offset: int | None = None) -> None:
-        codec = self.codec  # the hot path: no Ack object (codec.encode_ack)
-        self.send_frame(data_frame(codec.encode_ack(rid, offset), binary=codec.binary))
+        self._send_payload(self.codec.encode_ack(rid, offset))  # no Ack object: hot path
+
+    def _send_payload(self, payload: bytes) -> None:
+        """One message encoded with this connection's codec, framed as its codec wants."""
+        self.send_frame(data_frame(payload, binary=self.codec.binary))
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Start the closing handshake with ``code``; no more room frames are written."""
@@ -476,8 +474,7 @@ class Connection(asyncio.Protocol):
         room = self.gateway.hub.room(msg.room)
         result = room.join(self, offset=msg.offset, epoch=msg.epoch, rid=msg.rid)
         self.rooms[msg.room] = room
-        codec = self.codec
-        self.send_frame(data_frame(result.payload(codec), binary=codec.binary))
+        self._send_payload(result.payload(self.codec))
 
     def _on_leave(self, msg: Leave) -> None:
         room = self.rooms.pop(msg.room, None)
@@ -504,17 +501,17 @@ class Connection(asyncio.Protocol):
         if room is None:
             return
         text = msg.text.strip()
-        gateway = self.gateway
+        rooms = self.gateway.config.rooms
         if not text:
             self._refuse(ErrorCode.EMPTY_COMMENT, "comment text is empty", msg.rid)
-        elif len(text) > gateway.max_comment_length:
-            limit = gateway.max_comment_length
+        elif len(text) > rooms.max_comment_length:
+            limit = rooms.max_comment_length
             self._refuse(ErrorCode.COMMENT_TOO_LONG, f"comment longer than {limit}", msg.rid)
         # isprintable() is True for most texts and excludes every control character.
         elif not text.isprintable() and not _CONTROL_CHARS.isdisjoint(text):
             self._refuse(ErrorCode.INVALID_FIELD, "text: control characters", msg.rid)
         elif not self._take_comment_token():
-            rate = gateway.comment_rate
+            rate = rooms.comment_rate
             self._refuse(ErrorCode.RATE_LIMITED, f"more than {rate:g} comments/s", msg.rid)
         else:
             claims = self.claims
@@ -524,12 +521,12 @@ class Connection(asyncio.Protocol):
                 self._ack(msg.rid, offset)
 
     def _take_comment_token(self) -> bool:
-        gateway = self.gateway
+        rooms = self.gateway.config.rooms
         now = self.last_recv
-        tokens = self._tokens + (now - self._tokens_at) * gateway.comment_rate
+        tokens = self._tokens + (now - self._tokens_at) * rooms.comment_rate
         self._tokens_at = now
-        if tokens > gateway.comment_burst:
-            tokens = gateway.comment_burst
+        if tokens > rooms.comment_burst:
+            tokens = float(rooms.comment_burst)
         if tokens < 1.0:
             self._tokens = tokens
             return False
