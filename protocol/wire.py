@@ -73,9 +73,7 @@ def _flat_encoder(cls: type) -> Callable[[Any], dict[str, Any]] | None:
     for f in schema:
         lines += [f"    v = m.{f.attr}", f"    if v is not None: out[{f.key!r}] = v"]
     lines.append("    return out")
-    namespace: dict[str, Any] = {}
-    exec("\n".join(lines), namespace)  # the source is built from our own schema only
-    return namespace["encode"]  # type: ignore[no-any-return]
+    return _define("encode", lines, {})
 
 
 def _put_fields(obj: Any, out: dict[str, Any]) -> dict[str, Any]:
@@ -266,8 +264,13 @@ def _builder(cls: type) -> Callable[[dict[str, Any], Rid | None, str], Any]:
             f"        kw[{f.attr!r}] = _check(F{i}, v, rid, prefix)",
         ]
     lines.append("    return cls(**kw)")
-    exec("\n".join(lines), namespace)  # the source is built from our own schema only
-    return namespace["build"]  # type: ignore[no-any-return]
+    return _define("build", lines, namespace)
+
+
+def _define(name: str, lines: list[str], namespace: dict[str, Any]) -> Callable[..., Any]:
+    """Run the source of ``def name`` (built from our own schemas only); return the function."""
+    exec("\n".join(lines), namespace)
+    return namespace[name]  # type: ignore[no-any-return]
 
 
 def from_wire(obj: Any, types: Mapping[str, type[M]]) -> M:
