@@ -16,13 +16,9 @@ bytes for every wire map in ``protocol/vectors/v1.json``, and writes
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import inspect
 import itertools
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +31,7 @@ import msgpack
 import msgspec
 import orjson
 
+from bench.machine import describe, one_line
 from protocol.codec import JSON, MSGPACK, MsgpackCodec, unpack_untrusted
 from protocol.errors import MalformedMessage
 from protocol.messages import Batch, Comment, Likes, Message, SendComment, Viewers
@@ -249,30 +246,6 @@ def _msgspec_decoder_options() -> list[str]:
     return list(inspect.signature(msgspec.msgpack.Decoder).parameters)
 
 
-def _processor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": _processor(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "libraries": {
-            lib: importlib.metadata.version(lib) for lib in ("msgpack", "msgspec", "orjson")
-        },
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
 # --- verdict and report -----------------------------------------------------------
 
 
@@ -384,7 +357,7 @@ def main() -> int:
     rows, overhead = _run()
     extras = _extras(overhead)
     choice = _choice(rows, options, identical)
-    machine = _machine()
+    machine = describe(("msgpack", "msgspec", "orjson"))
     elapsed = round(time.perf_counter() - started, 1)
 
     table = _table(rows)
@@ -410,12 +383,10 @@ def main() -> int:
         "choice": choice,
     }
     (RESULTS / "codec.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
     md = [
         "# Codec benchmark",
         "",
-        f"Machine: {machine['platform']}; {machine['processor']}; {machine['cpu_count']} CPUs; "
-        f"{machine['implementation']} {machine['python']}; {libs}; {machine['date']}.",
+        one_line(machine),
         "",
         "encode: wire map -> bytes; decode: bytes -> plain values. `liveroom` is the full "
         "path of `protocol.codec` (typed message -> bytes, bytes -> validated typed message; "

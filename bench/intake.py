@@ -34,7 +34,7 @@ from typing import Any
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from bench.machine import describe
+from bench.machine import describe, one_line
 from bench.rawws import SUBPROTOCOL, client_frame, upgrade_request
 from engine.auth import Claims, Role, mint_token
 from engine.config import Config
@@ -212,10 +212,7 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Comment intake benchmark",
         "",
-        f"Run `{report['command']}` on {m['date']}. Machine: {m['platform']}; {m['cpu_model']};"
-        f" {m['cpus']} CPUs; {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-        + f"; load average at start {m['loadavg_start']}; server code {m['server_code_sha256']}.",
+        f"Run `{report['command']}`. {one_line(m)}",
         "",
         f"{r['comments']:,} comments of 64 characters, {r['per_read']} per read,"
         f" {r['reads_per_turn']} reads per event-loop turn (one flush), median of"

@@ -2,7 +2,8 @@
 
 Results in ``bench/results/`` are only comparable with the machine and code beside them:
 ``describe()`` gives the platform, CPU, memory, Python and library versions, the load at
-start, and a fingerprint of the server code (``engine/`` and ``protocol/`` sources).
+start, and a fingerprint of the server code (``engine/`` and ``protocol/`` sources);
+``one_line()`` says the same in one line for a report's header.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REPO_ROOT", "code_fingerprint", "describe", "read_first"]
+__all__ = ["REPO_ROOT", "code_fingerprint", "describe", "one_line", "read_first"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +68,13 @@ def describe(packages: Sequence[str]) -> dict[str, Any]:
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "server_code_sha256": code_fingerprint(),
     }
+
+
+def one_line(meta: dict[str, Any]) -> str:
+    """``describe()``'s figures as one Markdown sentence."""
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    return (
+        f"Machine: {meta['platform']}; {meta['cpu_model']}; {meta['cpus']} CPUs; "
+        f"{meta['python']}; {versions}; load average at start {meta['loadavg_start']}; "
+        f"server code {meta['server_code_sha256']}; {meta['date']}."
+    )
