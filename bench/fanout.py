@@ -835,9 +835,9 @@ def _targets(runs: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
         for r in runs
         if "liveroom" in r and key in r["liveroom"]
     }
-    rounds = {r["n"]: [p99.get(r["n"]), *r.get("p99_rounds", [])] for r in runs}
     if TARGET_P99_N in p99:
-        values = [v for v in rounds[TARGET_P99_N] if v is not None]
+        run = next(r for r in runs if r["n"] == TARGET_P99_N)
+        values = [v for v in (p99[TARGET_P99_N], *run.get("p99_rounds", [])) if v is not None]
         value = statistics.median(values) if values else None
         verdict: bool | None = value is not None and value < TARGET_P99_MS
         each = " / ".join(f"{v}" for v in values)
