@@ -12,6 +12,7 @@ Generic on purpose (later suites reuse them):
   TCP socket that does the websocket handshake and then reads or writes exactly what a
   test says (slow consumers, silent peers, broken framing).
 - :func:`bounded` caps a test's run time with ``asyncio.timeout``.
+- ``redis_server``, ``redis_url`` and ``own_redis`` come from ``tests/redis_fixture.py``.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ from protocol import (
     ServerMessage,
     Welcome,
 )
+
+# The Redis fixtures, for every test module (they start nothing until a test asks).
+from tests.redis_fixture import own_redis_fixture as own_redis_fixture
+from tests.redis_fixture import redis_server_fixture as redis_server_fixture
+from tests.redis_fixture import redis_url_fixture as redis_url_fixture
 
 __all__ = [
     "SECRET",

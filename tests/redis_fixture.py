@@ -12,10 +12,8 @@
 
 A missing ``redis-server`` fails the tests that need it (it does not skip them).
 
-Test modules import the fixtures they use (the fixture functions are registered under the
-names in quotes above)::
-
-    from tests.redis_fixture import redis_server_fixture, redis_url_fixture  # noqa: F401
+``tests/conftest.py`` imports the fixtures, so every test module can ask for them by the
+names in quotes above.
 """
 
 from __future__ import annotations

@@ -40,15 +40,9 @@ from protocol import (
     Stock,
 )
 from tests.conftest import Peer, ServerFactory, bounded, expect, token
-from tests.redis_fixture import (
-    RedisServer,
-    own_redis_fixture,
-    redis_server_fixture,
-    redis_url_fixture,
-)
+from tests.redis_fixture import RedisServer
 
 __all__: list[str] = []
-_fixtures = (own_redis_fixture, redis_server_fixture, redis_url_fixture)
 
 ROOM = "live-1"
 PRICE = 9_900

@@ -27,10 +27,9 @@ from engine.stock import (
     connect,
 )
 from engine.stock.redis_store import SCRIPT_BATCH
-from tests.redis_fixture import T0, FakeClock, redis_server_fixture, redis_url_fixture
+from tests.redis_fixture import T0, FakeClock
 
 __all__: list[str] = []
-_fixtures = (redis_server_fixture, redis_url_fixture)
 
 OK = PurchaseStatus.OK
 SOLD_OUT = PurchaseStatus.SOLD_OUT

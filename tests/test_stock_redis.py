@@ -23,17 +23,9 @@ from engine.stock import (
     connect,
 )
 from engine.stock.redis_store import SCRIPT_NAMES, load_scripts
-from tests.redis_fixture import (
-    T0,
-    FakeClock,
-    RedisServer,
-    own_redis_fixture,
-    redis_server_fixture,
-    redis_url_fixture,
-)
+from tests.redis_fixture import T0, FakeClock, RedisServer
 
 __all__: list[str] = []
-_fixtures = (own_redis_fixture, redis_server_fixture, redis_url_fixture)
 
 OK = PurchaseStatus.OK
 BOUND = 3.0  # seconds within which a dead or frozen Redis must surface as StoreUnavailable

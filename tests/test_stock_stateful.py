@@ -38,10 +38,9 @@ from engine.stock import (
     check_invariants,
     connect,
 )
-from tests.redis_fixture import T0, FakeClock, redis_server_fixture, redis_url_fixture
+from tests.redis_fixture import T0, FakeClock
 
 __all__: list[str] = []
-_fixtures = (redis_server_fixture, redis_url_fixture)
 
 T = TypeVar("T")
 S = PurchaseStatus
