@@ -285,6 +285,19 @@ class Connection(asyncio.Protocol):
 
     # --- output -----------------------------------------------------------------------
 
+    @property
+    def sink(self) -> asyncio.Transport:
+        """Where rooms write their batch frames: the transport itself (see engine/room.py).
+
+        Rooms write only while this connection is open: it leaves them all as it closes.
+        """
+        assert self.transport is not None
+        return self.transport
+
+    def too_slow(self) -> None:
+        """More unsent bytes than the limit: close with the slow-consumer code."""
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many unsent bytes")
+
     def send_frame(self, frame: bytes) -> None:
         """Queue a complete websocket frame; cut the peer off if it reads too slowly."""
         if self.open:
@@ -299,7 +312,7 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         transport.write(data)
         if transport.get_write_buffer_size() > self._limit and self.open:
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many unsent bytes")
+            self.too_slow()
 
     def send(self, message: Message) -> None:
         self._send_payload(self.codec.encode(message))
@@ -332,6 +345,7 @@ class Connection(asyncio.Protocol):
             else:  # SEND_EOF: the websocket is done; close once the buffer is flushed
                 self._uncork()
                 self.open = False
+                self._leave_all()  # rooms write to open connections only
                 if self.closing_since is None:
                     self.closing_since = time.monotonic()
                 transport.close()

@@ -86,6 +86,7 @@ class LiveroomServer:
             snapshot_size=rooms.snapshot_size,
             min_flush_interval=rooms.min_flush_interval_ms / 1000,
             slice_size=rooms.fanout_slice,
+            write_limit=self.config.server.write_buffer_limit,
             loop=loop,
         )
         self.store = await _open_store(self.config)

@@ -41,6 +41,7 @@ from websockets.uri import parse_uri
 
 from engine.auth import Claims, Role, mint_token
 from engine.config import Config, validate_config
+from engine.room import Room
 from engine.server import LiveroomServer
 from protocol import (
     MSGPACK,
@@ -531,13 +532,32 @@ def parse_frame(data: bytes) -> Frame:
 
 @dataclass(eq=False)
 class RecordingSubscriber:
-    """Records the complete frames a room hands it; hashable by identity like a connection."""
+    """Records the complete frames a room writes to it; hashable by identity like a connection.
+
+    It is its own sink; ``unsent`` is what it reports as its unsent bytes, and ``cut_off``
+    counts the room's ``too_slow`` calls (each of which also makes it leave ``room``).
+    """
 
     codec: Codec = MSGPACK
     frames: list[bytes] = field(default_factory=list)
+    unsent: int = 0
+    cut_off: int = 0
+    room: Room | None = None
 
-    def send_frame(self, frame: bytes) -> None:
-        self.frames.append(frame)
+    @property
+    def sink(self) -> RecordingSubscriber:
+        return self
+
+    def write(self, data: bytes) -> None:
+        self.frames.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def too_slow(self) -> None:
+        self.cut_off += 1
+        if self.room is not None:
+            self.room.leave(self)
 
     def batches(self) -> list[Batch]:
         out = []

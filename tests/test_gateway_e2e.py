@@ -440,6 +440,43 @@ async def test_broken_websocket_framing_is_closed_with_1002_and_others_are_serve
     await writer.close()
 
 
+@bounded(10)
+async def test_a_connection_failed_by_the_frame_parser_leaves_its_rooms_before_closing(
+    server: LiveroomServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rooms write straight to transports, so a connection must be out of every room
+    # before its transport closes, not only once connection_lost runs.
+    rooms_at_lost: dict[str, list[str]] = {}
+    lost = Connection.connection_lost
+
+    def spy(self: Connection, exc: Exception | None) -> None:
+        if self.claims is not None:
+            rooms_at_lost[self.claims.user_id] = list(self.rooms)
+        lost(self, exc)
+
+    monkeypatch.setattr(Connection, "connection_lost", spy)
+    viewer, writer = await joined_peers(server, "viewer", "writer")
+    raw = await RawClient.connect(server, token("raw"))
+    expect(await raw.next_message(), Welcome)
+    await raw.send(Join(room=ROOM, rid="j"))
+    expect(await raw.next_message(), Joined)
+    assert server.hub is not None
+    room = server.hub.get(ROOM)
+    assert room is not None and room.viewers == 3
+    await raw.send_raw(b"\x82\x05hello")  # unmasked: the parser fails the connection
+    assert (await raw.read_until_close()).code == CloseCode.PROTOCOL_ERROR
+    await raw.read_until(lambda _: False)
+    raw.close()
+    await wait_for_condition(lambda: "raw" in rooms_at_lost)
+    assert rooms_at_lost["raw"] == [] and room.viewers == 2
+
+    expect(await writer.comment(ROOM, "unaffected"), Ack)
+    (got,) = await viewer.comments(1)
+    assert got.text == "unaffected"
+    await viewer.close()
+    await writer.close()
+
+
 # --- refused commands keep the connection open ------------------------------------------
 
 
@@ -524,20 +561,29 @@ async def test_slow_consumer_is_cut_off_with_4008_and_its_buffer_stays_bounded(
     gateway = srv.gateway
     assert gateway is not None
 
-    # Spy on every frame queued for a connection: its unsent bytes right afterwards.
+    # Spy on every frame a room writes to a connection: its unsent bytes right afterwards.
     peak: dict[Connection, int] = {}
     largest_frame = 0
-    queue_frame = Connection.send_frame
 
-    def spy(self: Connection, frame: bytes) -> None:
-        nonlocal largest_frame
-        queue_frame(self, frame)
-        if self.transport is not None:
-            largest_frame = max(largest_frame, len(frame))
+    class SpySink:
+        def __init__(self, conn: Connection, transport: asyncio.Transport) -> None:
+            self.conn, self.transport = conn, transport
+
+        def write(self, data: bytes) -> None:
+            nonlocal largest_frame
+            self.transport.write(data)
+            largest_frame = max(largest_frame, len(data))
             size = self.transport.get_write_buffer_size()
-            peak[self] = max(peak.get(self, 0), size)
+            peak[self.conn] = max(peak.get(self.conn, 0), size)
 
-    monkeypatch.setattr(Connection, "send_frame", spy)
+        def get_write_buffer_size(self) -> int:
+            return self.transport.get_write_buffer_size()
+
+    def spy_sink(self: Connection) -> SpySink:
+        assert self.transport is not None
+        return SpySink(self, self.transport)
+
+    monkeypatch.setattr(Connection, "sink", property(spy_sink))
 
     slow = await RawClient.connect(srv, token("slow"), rcvbuf=4096)
     expect(await slow.next_message(), Welcome)

@@ -27,6 +27,7 @@ def make_room(
     snapshot_size: int = 10,
     min_flush_interval: float = 0.0,
     slice_size: int = 512,
+    write_limit: int = 1 << 20,
 ) -> Room:
     return Room(
         ROOM,
@@ -35,6 +36,7 @@ def make_room(
         min_flush_interval=min_flush_interval,
         loop=asyncio.get_running_loop(),
         slice_size=slice_size,
+        write_limit=write_limit,
     )
 
 
@@ -373,3 +375,44 @@ async def test_conflated_values_reach_every_slice() -> None:
     room.tick()  # nothing changed: nothing is sent again
     await asyncio.sleep(0.01)
     assert [len(sub.frames) for sub in subs] == frames
+
+
+@bounded(5)
+async def test_a_subscriber_over_the_write_limit_is_cut_off_after_its_slice_is_written() -> None:
+    room = make_room(write_limit=1000)
+    first, slow, last = FakeSubscriber(), FakeSubscriber(), FakeSubscriber()
+    for sub in (first, slow, last):
+        sub.room = room
+        join(room, sub)
+    slow.unsent = 1001  # what its transport would report after the write
+    publish(room, "one")
+    await asyncio.sleep(0)
+    # Everyone in the slice got the frame, the slow one too; then it was cut off, once.
+    assert [s.comment_offsets() for s in (first, slow, last)] == [[1], [1], [1]]
+    assert (first.cut_off, slow.cut_off, last.cut_off) == (0, 1, 0)
+    assert room.viewers == 2
+    publish(room, "two")
+    await asyncio.sleep(0)
+    assert first.comment_offsets() == last.comment_offsets() == [1, 2]
+    assert slow.comment_offsets() == [1] and slow.cut_off == 1
+
+
+@bounded(5)
+async def test_cutting_off_a_codecs_only_subscriber_leaves_the_rest_of_the_slice_intact() -> None:
+    room = make_room(write_limit=1000, slice_size=4)
+    slow_json = FakeSubscriber(codec=JSON)
+    others = [FakeSubscriber() for _ in range(5)]  # 3 share the slice, 2 in the next one
+    for sub in (others[0], slow_json, *others[1:]):
+        sub.room = room
+        join(room, sub)
+    slow_json.unsent = 5000
+    publish(room, "one")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert slow_json.cut_off == 1 and slow_json.comment_offsets() == [1]
+    assert [s.comment_offsets() for s in others] == [[1]] * 5
+    publish(room, "two")
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [s.comment_offsets() for s in others] == [[1, 2]] * 5
+    assert slow_json.comment_offsets() == [1] and room.viewers == 5
