@@ -9,6 +9,8 @@ Guarantees:
   ``server.write_buffer_limit`` it is closed with 4008 (slow consumer) and nothing more is
   queued for it; a peer that never completes the close is aborted after
   ``server.close_timeout``.
+- A connection is in rooms only while open: it leaves them all before its transport is
+  closed, because rooms write their frames straight to its transport.
 - Bad input from one peer closes at most that peer's connection, with the close code
   SPEC.md documents; a refused command gets an ``error`` answer echoing its request id.
 - Quiet peers are pinged every ``heartbeat_interval``; peers silent for ``idle_timeout``
