@@ -41,7 +41,8 @@ class FrameSink(Protocol):
     """Where a subscriber's frames are written; an asyncio write transport is one."""
 
     def write(self, data: bytes) -> None:
-        """Buffer ``data`` for the peer; never blocks."""
+        """Buffer ``data`` for the peer; never blocks, and never raises for a peer that is
+        gone (asyncio's and uvloop's transports count such writes and drop them)."""
         ...
 
     def get_write_buffer_size(self) -> int: ...
