@@ -634,8 +634,7 @@ async def _run_liveroom(
                 f"  liveroom {rate}/s: {r['events_per_s']:,} events/s, p50 {lat['p50']} "
                 f"p99 {lat['p99']} max {lat['max']} ms (fan-out p50 "
                 f"{r['fanout_latency_ms']['p50']} p99 {r['fanout_latency_ms']['p99']}), "
-                f"lost {r['lost_events']}, cpu srv {r['server_cpu_pct']}% "
-                f"cli {r['client_cpu_pct']}% other {r['other_cpu_pct']}%"
+                f"lost {r['lost_events']}, {_cpu_text(r)}"
             )
         for phase, window in _max_phases(p):
             r = await _max_rate(pool, server, p, window)
@@ -644,9 +643,7 @@ async def _run_liveroom(
                 f"  liveroom {phase} (window {window}): {r['frames_per_s']:,} frames/s, "
                 f"{r['events_per_s']:,} events/s, {r['events_per_frame']} ev/frame, "
                 f"{round(r['events_per_s'] / n):,} comments/s in, "
-                f"p99 {r['latency_ms']['p99']} ms, lost {r['lost_events']}, "
-                f"cpu srv {r['server_cpu_pct']}% cli {r['client_cpu_pct']}% "
-                f"other {r['other_cpu_pct']}%"
+                f"p99 {r['latency_ms']['p99']} ms, lost {r['lost_events']}, {_cpu_text(r)}"
             )
         out["memory_kb"]["after_max"] = server.memory_kb()
         out["server_closes"] = dict(pool.sink.closes)
@@ -663,6 +660,11 @@ async def _run_liveroom(
         out["server_log_tail"] = [line for line in server.tail if "effective config" not in line][
             -5:
         ]
+
+
+def _cpu_text(r: dict[str, Any]) -> str:
+    """A phase's CPU use for the progress log: server, client, rest of the machine."""
+    return f"cpu srv {r['server_cpu_pct']}% cli {r['client_cpu_pct']}% other {r['other_cpu_pct']}%"
 
 
 _RAW_KEY = {"max": "batch", "flood": "flood"}  # liveroom max-rate phase -> raw result
@@ -757,8 +759,7 @@ async def _run_baseline(
             out[name] = r
             _log(
                 f"  raw {name} ({len(frame)} B): {r['frames_per_s']:,} frames/s, "
-                f"{r['events_per_s']:,} events/s, cpu srv {r['server_cpu_pct']}% "
-                f"cli {r['client_cpu_pct']}% other {r['other_cpu_pct']}%, "
+                f"{r['events_per_s']:,} events/s, {_cpu_text(r)}, "
                 f"skipped {r['server']['skipped']}"
             )
         out["memory_kb"]["after_blast"] = server.memory_kb()
