@@ -39,7 +39,6 @@ import itertools
 import json
 import os
 import re
-import resource
 import statistics
 import sys
 import time
@@ -53,6 +52,8 @@ import uvloop
 
 from bench.fanout_clients import ROOM, ClientPool, Counters
 from bench.machine import describe
+from bench.procs import machine_busy_cpu, proc_cpu, raise_nofile, self_cpu
+from bench.report import log, percentile, table, targets_table
 from engine.auth import Claims, Role, mint_token
 from engine.config import Config, env_var_name
 from engine.wsframe import data_frame
@@ -111,10 +112,6 @@ QUICK = Params(
     rounds=1,
     budget=180.0,
 )
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- processes
@@ -197,13 +194,10 @@ class ServerProc:
         )
 
     def cpu_seconds(self) -> float:
-        try:
-            with open(f"/proc/{self.pid}/stat") as fp:
-                fields = fp.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            raise self._gone() from None
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        seconds = proc_cpu(self.pid)
+        if seconds is None:
+            raise self._gone()
+        return seconds
 
     async def command(self, obj: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -293,35 +287,15 @@ async def _probe_liveroom(argv: list[str], cpu: set[int] | None) -> tuple[bool, 
 # --------------------------------------------------------------------------- measuring
 
 
-def _system_busy_cpu() -> float:
-    """CPU-seconds all processes of the machine spent busy (from /proc/stat)."""
-    with open("/proc/stat") as fp:
-        fields = [int(x) for x in fp.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
-    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _client_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _percentile(values: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile of sorted ``values``."""
-    index = min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))
-    return float(values[index])
-
-
 def _latency_ms(samples_us: list[int]) -> dict[str, float | int | None]:
     if not samples_us:
         return {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}
     values = sorted(samples_us)
     return {
         "n": len(values),
-        "p50": round(_percentile(values, 50) / 1000, 2),
-        "p90": round(_percentile(values, 90) / 1000, 2),
-        "p99": round(_percentile(values, 99) / 1000, 2),
+        "p50": round(percentile(values, 50) / 1000, 2),
+        "p90": round(percentile(values, 90) / 1000, 2),
+        "p99": round(percentile(values, 99) / 1000, 2),
         "max": round(values[-1] / 1000, 2),
     }
 
@@ -342,8 +316,8 @@ class _Mark:
             time.monotonic(),
             pool.counters(),
             server.cpu_seconds(),
-            _client_cpu(),
-            _system_busy_cpu(),
+            self_cpu(),
+            machine_busy_cpu(),
         )
 
 
@@ -570,7 +544,7 @@ def _per_conn(before: dict[str, int], after: dict[str, int], n: int) -> dict[str
 
 def _check_open(what: str, opened: int, failed: int, first_error: str) -> None:
     if failed:
-        _log(f"  {what}: {failed} of {opened + failed} failed to open: {first_error}")
+        log(f"  {what}: {failed} of {opened + failed} failed to open: {first_error}")
     if failed > max(5, (opened + failed) // 100):
         raise RuntimeError(f"{what}: {failed} connections failed: {first_error}")
 
@@ -603,7 +577,7 @@ async def _run_liveroom(
         res = await pool.open_viewers(n - half, token, sampled=p.sampled - p.sampled // 2)
         _check_open("viewers", res.opened, res.failed, res.first_error)
         seconds = res1.seconds + res.seconds
-        _log(f"  liveroom: {res1.opened + res.opened} viewers joined in {seconds:.1f} s")
+        log(f"  liveroom: {res1.opened + res.opened} viewers joined in {seconds:.1f} s")
         gc.collect()
         gc.freeze()
         await asyncio.sleep(p.settle)
@@ -620,7 +594,7 @@ async def _run_liveroom(
         out["idle_kb_per_conn_marginal"] = round(
             (mem_idle["RssAnon"] - mem_half["RssAnon"]) / (n - half), 2
         )
-        _log(
+        log(
             f"  liveroom idle: {out['idle_kb_per_conn']} KB/conn anon "
             f"(second half: {out['idle_kb_per_conn_marginal']}), "
             f"{out['idle_kb_per_conn_vmrss']} KB/conn VmRSS (VmRSS {mem_idle['VmRSS']} KB)"
@@ -630,7 +604,7 @@ async def _run_liveroom(
             r = await _fixed_rate(pool, server, rate, p)
             out[f"rate{rate}"] = r
             lat = r["latency_ms"]
-            _log(
+            log(
                 f"  liveroom {rate}/s: {r['events_per_s']:,} events/s, p50 {lat['p50']} "
                 f"p99 {lat['p99']} max {lat['max']} ms (fan-out p50 "
                 f"{r['fanout_latency_ms']['p50']} p99 {r['fanout_latency_ms']['p99']}), "
@@ -639,7 +613,7 @@ async def _run_liveroom(
         for phase, window in _max_phases(p):
             r = await _max_rate(pool, server, p, window)
             out[phase] = r
-            _log(
+            log(
                 f"  liveroom {phase} (window {window}): {r['frames_per_s']:,} frames/s, "
                 f"{r['events_per_s']:,} events/s, {r['events_per_frame']} ev/frame, "
                 f"{round(r['events_per_s'] / n):,} comments/s in, "
@@ -757,7 +731,7 @@ async def _run_baseline(
         for name, frame in frames:
             r = await _blast(pool, server, frame, p)
             out[name] = r
-            _log(
+            log(
                 f"  raw {name} ({len(frame)} B): {r['frames_per_s']:,} frames/s, "
                 f"{r['events_per_s']:,} events/s, {_cpu_text(r)}, "
                 f"skipped {r['server']['skipped']}"
@@ -832,12 +806,6 @@ def _fmt(x: Any, unit: str = "") -> str:
     return f"{x}{unit}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _targets(runs: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
     done = [r for r in runs if "max_rounds" in r]
     out: list[dict[str, Any]] = []
@@ -891,10 +859,6 @@ def _targets(runs: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _verdict(v: bool | None) -> str:
-    return "n/a" if v is None else ("PASS" if v else "FAIL")
-
-
 def _report_tables(report: dict[str, Any]) -> list[str]:
     runs: list[dict[str, Any]] = report["runs"]
     lines: list[str] = ["### Memory (server RSS, idle viewers joined to one room)", ""]
@@ -916,7 +880,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
                 _fmt(lr["connections_per_s"]),
             ]
         )
-    lines += _table(
+    lines += table(
         [
             "N",
             "VmRSS before (MB)",
@@ -956,7 +920,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
                     f"{s['server_cpu_pct']}/{s['client_cpu_pct']}/{s['other_cpu_pct']}",
                 ]
             )
-    lines += _table(
+    lines += table(
         [
             "N",
             "comments/s",
@@ -1006,7 +970,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
                 _fmt(ratio["events_vs_one_event_frames"]),
             ]
         )
-    lines += _table(
+    lines += table(
         [
             "N",
             "LR frames/s (median)",
@@ -1032,10 +996,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
     )
     lines += _flood_table(runs, report["params"])
     lines += ["", "### Targets", ""]
-    lines += _table(
-        ["target", "measured", "result"],
-        [[t["target"], t["measured"], _verdict(t["pass"])] for t in report["targets"]],
-    )
+    lines += targets_table(report["targets"])
     return lines
 
 
@@ -1070,7 +1031,7 @@ def _flood_table(runs: list[dict[str, Any]], p: dict[str, Any]) -> list[str]:
         "reported, not judged",
         "",
     ]
-    return lines + _table(
+    return lines + table(
         [
             "N",
             "LR frames/s (median 1-s)",
@@ -1202,16 +1163,9 @@ def _markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def _raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 async def _amain(p: Params, command: str, quick: bool) -> dict[str, Any]:
     t_start = time.monotonic()
-    nofile = _raise_nofile()
+    nofile = raise_nofile()
     machine = _machine()
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu: set[int] | None = None
@@ -1234,7 +1188,7 @@ async def _amain(p: Params, command: str, quick: bool) -> dict[str, Any]:
             argv = _liveroom_argv(optimize=False)
             ok, tail = await _probe_liveroom(argv, server_cpu)
             if not ok:
-                _log(f"liveroom serve failed a handshake: {tail[-600:]}")
+                log(f"liveroom serve failed a handshake: {tail[-600:]}")
                 argv = _liveroom_argv(optimize=True)
                 ok, tail2 = await _probe_liveroom(argv, server_cpu)
                 if not ok:
@@ -1245,29 +1199,29 @@ async def _amain(p: Params, command: str, quick: bool) -> dict[str, Any]:
                     + " -- so the server ran as `python -O -c 'from engine.cli import main; "
                     "main()' serve` (same CLI and config, asserts stripped)"
                 )
-                _log("using python -O for the liveroom server (assert bug workaround)")
+                log("using python -O for the liveroom server (assert bug workaround)")
             report["liveroom_argv"] = argv
             for n in p.sizes:
                 run: dict[str, Any] = {"n": n}
                 runs.append(run)
                 if n + p.commenters + 100 > nofile:
                     run["skipped"] = f"needs about {n + p.commenters + 100} fds, limit {nofile}"
-                    _log(f"N={n}: skipped ({run['skipped']})")
+                    log(f"N={n}: skipped ({run['skipped']})")
                     continue
                 try:
-                    _log(f"N={n}: liveroom")
+                    log(f"N={n}: liveroom")
                     run["liveroom"] = await _run_liveroom(n, p, server_cpu, argv)
                     events = _raw_events(run["liveroom"], p)
-                    _log(f"N={n}: raw baseline (events per frame {events})")
+                    log(f"N={n}: raw baseline (events per frame {events})")
                     run["baseline"] = await _run_baseline(n, p, server_cpu, events)
                     run["ratios"] = _ratios(run["liveroom"], run["baseline"])
-                    _log(f"N={n}: ratios {run['ratios']}")
+                    log(f"N={n}: ratios {run['ratios']}")
                     pairs = {
                         phase: [(run["liveroom"][phase], run["baseline"][_RAW_KEY[phase]])]
                         for phase, _ in _max_phases(p)
                     }
                     for i in range(1, p.rounds):
-                        _log(f"N={n}: round {i + 1}: liveroom max rates, raw batches")
+                        log(f"N={n}: round {i + 1}: liveroom max rates, raw batches")
                         lr = await _run_liveroom(n, p, server_cpu, argv, full=False)
                         # each raw frame carries as many events as this round's batches
                         raw = await _run_baseline(n, p, server_cpu, _raw_events(lr, p), full=False)
@@ -1281,16 +1235,16 @@ async def _amain(p: Params, command: str, quick: bool) -> dict[str, Any]:
                     for phase, pair in pairs.items():
                         run[f"{phase}_rounds"] = _rounds(pair)
                         each = run[f"{phase}_rounds"]["ratio_per_round"]
-                        _log(f"N={n}: {phase} frames ratio by round {each}")
+                        log(f"N={n}: {phase} frames ratio by round {each}")
                 except (OSError, RuntimeError, KeyError, TimeoutError) as exc:
                     run["error"] = f"{type(exc).__name__}: {exc}"
-                    _log(f"N={n}: failed: {run['error']}")
+                    log(f"N={n}: failed: {run['error']}")
     except TimeoutError:
         report["aborted"] = f"time budget of {p.budget:g} s exhausted"
-        _log(report["aborted"])
+        log(report["aborted"])
     except (OSError, RuntimeError) as exc:
         report["aborted"] = f"{type(exc).__name__}: {exc}"
-        _log(report["aborted"])
+        log(report["aborted"])
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
     report["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = _targets(runs, quick)

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import sys
 from typing import Any, cast
 
@@ -33,6 +32,8 @@ import uvloop
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
+
+from bench.procs import raise_nofile
 
 __all__ = ["RawServer", "main"]
 
@@ -166,9 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after SECONDS")
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     uvloop.run(_serve(args.host, args.port, args.lifetime))
 
 

@@ -55,7 +55,6 @@ import ctypes
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -75,7 +74,9 @@ import redis.asyncio as aioredis
 import uvloop
 
 from bench.machine import describe
+from bench.procs import machine_busy_cpu, proc_cpu, raise_nofile, self_cpu
 from bench.purchase_clients import BuyerPool
+from bench.report import log, percentile, table, targets_table
 from engine.auth import Claims, Role, mint_token
 from engine.stock import (
     MAX_UNITS,
@@ -157,17 +158,7 @@ QUICK = Params(
 )
 
 
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted ``values``."""
-    index = min(len(values) - 1, max(0, round(q / 100 * len(values) + 0.5) - 1))
-    return values[index]
 
 
 def _latency_ms(samples: list[float]) -> dict[str, float | int | None]:
@@ -176,21 +167,11 @@ def _latency_ms(samples: list[float]) -> dict[str, float | int | None]:
     values = sorted(samples)
     return {
         "n": len(values),
-        "p50": round(_percentile(values, 50) * 1000, 3),
-        "p90": round(_percentile(values, 90) * 1000, 3),
-        "p99": round(_percentile(values, 99) * 1000, 3),
+        "p50": round(percentile(values, 50) * 1000, 3),
+        "p90": round(percentile(values, 90) * 1000, 3),
+        "p99": round(percentile(values, 99) * 1000, 3),
         "max": round(values[-1] * 1000, 3),
     }
-
-
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process, 0.0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fp:
-            fields = fp.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _run_queue_wait(pid: int) -> float:
@@ -200,18 +181,6 @@ def _run_queue_wait(pid: int) -> float:
             return int(fp.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _system_busy() -> float:
-    with open("/proc/stat") as fp:
-        fields = [int(x) for x in fp.readline().split()[1:]]
-    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _pin(pid: int, cpus: set[int] | None) -> None:
@@ -282,15 +251,15 @@ class RedisProc:
         last = ""
         for _attempt in range(3):
             self.port = _free_port()
-            log = open(os.path.join(self.dir, "redis.log"), "wb")  # noqa: SIM115
+            log_file = open(os.path.join(self.dir, "redis.log"), "wb")  # noqa: SIM115
             self.proc = subprocess.Popen(
                 [self.binary, *self._options()],
-                stdout=log,
+                stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )
-            log.close()
+            log_file.close()
             _pin(self.proc.pid, self.cpus)
             deadline = time.monotonic() + 5.0
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -373,10 +342,10 @@ async def _load(
 
     def mark() -> list[float]:
         return [
-            _self_cpu(),
-            _proc_cpu(redis_pid) if redis_pid else 0.0,
+            self_cpu(),
+            (proc_cpu(redis_pid) or 0.0) if redis_pid else 0.0,
             time.perf_counter(),
-            _system_busy(),
+            machine_busy_cpu(),
         ]
 
     async def worker() -> None:
@@ -590,12 +559,12 @@ async def _part_a(p: Params, rds: RedisProc, deadline: float) -> dict[str, Any]:
         await bench.setup()
         for r in range(p.repeats):
             if time.monotonic() > deadline:
-                _log("A: time budget for part A used up; fewer rounds")
+                log("A: time budget for part A used up; fewer rounds")
                 break
             one: dict[str, Any] = {}
             for case in cases:
                 one[case.name] = await bench.run(case)
-                _log(
+                log(
                     f"A round {r + 1}: {case.name:<16} "
                     f"{one[case.name].get('purchases_per_s') or 0:>9,} purchases/s  "
                     f"p99/call {one[case.name].get('latency_ms_per_call', {}).get('p99')} ms"
@@ -836,11 +805,11 @@ class _Mark:
             frames_in=s.frames_in,
             bytes_in=s.bytes_in,
             skipped=s.skipped_frames,
-            cpu_server=_proc_cpu(server.pid),
+            cpu_server=proc_cpu(server.pid) or 0.0,
             wait_server=_run_queue_wait(server.pid),
-            cpu_redis=_proc_cpu(redis_pid),
-            cpu_client=_self_cpu(),
-            busy=_system_busy(),
+            cpu_redis=proc_cpu(redis_pid) or 0.0,
+            cpu_client=self_cpu(),
+            busy=machine_busy_cpu(),
         )
 
 
@@ -1124,7 +1093,7 @@ async def _part_b(
         one: dict[str, Any] = {}
         for cfg in configs:
             if time.monotonic() > deadline - profile_reserve:
-                _log(f"B: time budget used up; skipping {cfg.name} in round {r + 1}")
+                log(f"B: time budget used up; skipping {cfg.name} in round {r + 1}")
                 continue
             try:
                 res = await _run_b(cfg, p, rds, tokens, server_cpus)
@@ -1133,7 +1102,7 @@ async def _part_b(
             one[cfg.name] = res
             mx = res.get("max", {})
             lt = res.get("light", {})
-            _log(
+            log(
                 f"B round {r + 1}: {cfg.name:<24} {mx.get('answered_per_s') or 0:>8,} answers/s"
                 f"  p50/p99 {mx.get('latency_ms', {}).get('p50')}/"
                 f"{mx.get('latency_ms', {}).get('p99')} ms  cpu {mx.get('cpu_pct')}"
@@ -1219,7 +1188,7 @@ async def _profiles(
         cfg = _Config.parse(name)
         if time.monotonic() > deadline:
             continue
-        _log(f"B: profiling the server under py-spy ({cfg.name}, {p.profile_seconds:g} s)")
+        log(f"B: profiling the server under py-spy ({cfg.name}, {p.profile_seconds:g} s)")
         with tempfile.TemporaryDirectory(prefix="purchase-bench-") as tmp:
             path = Path(tmp) / "profile.txt"
             try:
@@ -1254,12 +1223,6 @@ def _fmt(x: Any, digits: int = 0) -> str:
     if isinstance(x, int | float):
         return f"{x:,.{digits}f}"
     return str(x)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 def _targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1298,10 +1261,6 @@ def _targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
-def _verdict(v: bool | None) -> str:
-    return "-" if v is None else ("PASS" if v else "FAIL")
-
-
 def _profile_table(name: str, prof: dict[str, Any], top: int = 14) -> list[str]:
     if not prof.get("samples"):
         return ["", f"Server profile {name}: not available ({prof.get('error') or prof})"]
@@ -1326,7 +1285,7 @@ def _profile_table(name: str, prof: dict[str, Any], top: int = 14) -> list[str]:
                 _fmt(own[i][1], 1) if i < len(own) else "",
             ]
         )
-    return out + _table(["inclusive", "%", "self", "%"], rows)
+    return out + table(["inclusive", "%", "self", "%"], rows)
 
 
 def _report_tables(report: dict[str, Any]) -> list[str]:
@@ -1351,7 +1310,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
                     f"{c['not_ok']} / {','.join(c['sold_check'])}",
                 ]
             )
-        out += _table(
+        out += table(
             [
                 "case",
                 "call",
@@ -1367,7 +1326,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
             rows,
         )
         out += ["", "Ratios (median of per-round ratios):", ""]
-        out += _table(["ratio", "value"], [[k, _fmt(v, 2)] for k, v in a["ratios"].items()])
+        out += table(["ratio", "value"], [[k, _fmt(v, 2)] for k, v in a["ratios"].items()])
     b = report.get("full_path")
     if b:
         out += ["", "### B. Full path: websocket Buy -> BuyResult (median over rounds)", ""]
@@ -1399,7 +1358,7 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
                 ]
                 + ([f"ERR x{len(c['errors'])}"] if c["errors"] else [])
             )
-        out += _table(
+        out += table(
             [
                 "store/batching/layout",
                 "window / max",
@@ -1420,14 +1379,11 @@ def _report_tables(report: dict[str, Any]) -> list[str]:
             rows,
         )
         out += ["", "Ratios (median of per-round ratios):", ""]
-        out += _table(["ratio", "value"], [[k, _fmt(v, 2)] for k, v in b["ratios"].items()])
+        out += table(["ratio", "value"], [[k, _fmt(v, 2)] for k, v in b["ratios"].items()])
         for name, prof in b.get("profiles", {}).items():
             out += _profile_table(name, prof)
     out += ["", "### Targets", ""]
-    out += _table(
-        ["target", "measured", "result"],
-        [[t["target"], t["measured"], _verdict(t["pass"])] for t in report.get("targets", [])],
-    )
+    out += targets_table(report.get("targets", []))
     return out
 
 
@@ -1576,9 +1532,7 @@ _PROFILE_KEYS = (
 async def _amain(p: Params, command: str) -> dict[str, Any]:
     t_start = time.monotonic()
     deadline = t_start + p.budget
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_nofile()
     cpus = sorted(os.sched_getaffinity(0))
     pinned = p.pin and len(cpus) >= 2
     first, second = ({cpus[0]}, {cpus[1]}) if pinned else (None, None)
@@ -1601,17 +1555,17 @@ async def _amain(p: Params, command: str) -> dict[str, Any]:
         rds.start()
         async with asyncio.timeout(p.budget + 60):
             _pin(0, first)
-            _log(f"A: store only ({p.repeats} rounds)")
+            log(f"A: store only ({p.repeats} rounds)")
             report["store_only"] = await _part_a(p, rds, t_start + p.budget * 0.35)
             _pin(0, second)
-            _log(f"B: full path ({p.repeats} rounds, {p.connections} buyers)")
+            log(f"B: full path ({p.repeats} rounds, {p.connections} buyers)")
             report["full_path"] = await _part_b(p, rds, first, deadline)
     except TimeoutError:
         report["aborted"] = "time budget exhausted"
-        _log(report["aborted"])
+        log(report["aborted"])
     except (OSError, RuntimeError) as exc:
         report["aborted"] = f"{type(exc).__name__}: {exc}"
-        _log(report["aborted"])
+        log(report["aborted"])
     finally:
         _pin(0, set(cpus))
         rds.cleanup()
