@@ -71,9 +71,11 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8765  # 0 = pick a free port (tests)
-    max_connections: int = 20000
+    max_connections: int = 20000  # also capped by the open-files limit less fd_reserve
+    fd_reserve: int = 256  # descriptors kept free for the service API, Redis, logs, refusals
     max_message_size: int = 4096  # bytes, largest client message accepted
     write_buffer_limit: int = 1048576  # bytes unsent to one client before it is cut off
+    write_budget: int = 268435456  # bytes unsent to all clients together; most-behind cut first
     heartbeat_interval: float = 20.0  # seconds between server pings to a quiet client
     idle_timeout: float = 60.0  # seconds without any bytes from a client before closing it
     handshake_timeout: float = 10.0
@@ -111,6 +113,17 @@ class RoomsConfig:
     comment_burst: int = 10  # comments one connection may send at once before the rate applies
     conflate_interval_ms: float = 250.0  # like totals and viewer counts go out at most this often
     fanout_slice: int = 512  # subscribers written per event-loop step when a room fans out
+    like_rate: float = 10.0  # like messages per second one connection may sustain
+    like_burst: int = 20
+    max_likes_per_message: int = 10  # a like message counts at most this many likes
+    buy_rate: float = 5.0  # buy presses per second one connection may sustain
+    buy_burst: int = 10
+    ping_rate: float = 1.0  # application pings per second one connection may sustain
+    ping_burst: int = 5
+    join_rate: float = 2.0  # join / leave messages per second one connection may sustain
+    join_burst: int = 10
+    empty_room_ttl: float = 60.0  # seconds an empty room (with history) is kept
+    max_rooms: int = 10000  # rooms one node holds at once; joins that would add more are refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +134,7 @@ class ServiceConfig:
     host: str = "127.0.0.1"
     port: int = 8766  # 0 = pick a free port (tests)
     api_keys: str = "dev-service-key"  # comma-separated; SECRET: masked when printed
+    body_timeout: float = 10.0  # seconds a request body may take to arrive
 
     def keys(self) -> tuple[str, ...]:
         """The accepted API keys, blanks dropped."""
@@ -406,6 +420,8 @@ def validate_config(config: Config) -> None:
     _check_int("server.max_connections", s.max_connections, 1)
     _check_int("server.max_message_size", s.max_message_size, 1)
     _check_int("server.write_buffer_limit", s.write_buffer_limit, 1)
+    _check_int("server.write_budget", s.write_budget, 1)
+    _check_int("server.fd_reserve", s.fd_reserve, 0)
     _check_float("server.heartbeat_interval", s.heartbeat_interval)
     _check_float("server.idle_timeout", s.idle_timeout)
     _check_float("server.handshake_timeout", s.handshake_timeout)
@@ -440,11 +456,18 @@ def validate_config(config: Config) -> None:
     _check_int("rooms.comment_burst", r.comment_burst, 1)
     _check_float("rooms.conflate_interval_ms", r.conflate_interval_ms)
     _check_int("rooms.fanout_slice", r.fanout_slice, 1)
+    for kind in ("like", "buy", "ping", "join"):
+        _check_float(f"rooms.{kind}_rate", getattr(r, f"{kind}_rate"))
+        _check_int(f"rooms.{kind}_burst", getattr(r, f"{kind}_burst"), 1)
+    _check_int("rooms.max_likes_per_message", r.max_likes_per_message, 1, 100)
+    _check_float("rooms.empty_room_ttl", r.empty_room_ttl, allow_zero=True)
+    _check_int("rooms.max_rooms", r.max_rooms, 1)
 
     v = config.service
     if not v.host:
         raise ConfigError("service.host: must not be empty")
     _check_int("service.port", v.port, 0, 65535)
+    _check_float("service.body_timeout", v.body_timeout)
     if v.enabled and not v.keys():
         raise ConfigError("service.api_keys: at least one key is needed when the service is on")
 
