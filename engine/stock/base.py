@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from protocol.names import ROOM_NAME_RULE, valid_room_name
+
 __all__ = [
     "MAX_BATCH",
     "MAX_ID_LENGTH",
@@ -200,7 +202,8 @@ class SaleSpec:
 
     def __post_init__(self) -> None:
         validate_id(self.sale_id, "sale_id")
-        validate_id(self.room, "room")
+        if not valid_room_name(self.room):
+            raise InvalidRequest(f"room must be {ROOM_NAME_RULE}, got {self.room!r}")
         validate_id(self.product_id, "product_id")
         _check_int(self.stock, "stock", 0, MAX_UNITS)
         _check_int(self.price, "price", 0, MAX_PRICE)
