@@ -221,6 +221,50 @@ async def test_purchase_before_start_is_not_open(store: StockStore, clock: FakeC
     assert (await store.purchase(buy())).status is OK
 
 
+async def test_not_open_before_start_is_not_remembered_so_the_same_attempt_buys_later(
+    store: StockStore, clock: FakeClock
+) -> None:
+    await store.open_sale(spec(starts_at=T0 + 10))
+    clock.set(T0 + 5)
+    early = await store.purchase(buy("u1", 1, "r-early"))
+    assert early.status is NOT_OPEN and early.message == "sale has not started"
+    clock.set(T0 + 10)
+    late = await store.purchase(buy("u1", 1, "r-early"))  # same attempt, now open
+    assert late.status is OK and late.order_id == "s1-1"
+    assert await store.purchase(buy("u1", 1, "r-early")) == late  # and that answer sticks
+    await check_invariants(store, "s1")
+
+
+async def test_not_open_after_end_is_final_for_its_request_id(
+    store: StockStore, clock: FakeClock
+) -> None:
+    await store.open_sale(spec(stock=1))
+    assert (await store.purchase(buy("u1", 1, "r-1"))).status is OK
+    clock.set(T0 + 600)
+    ended = await store.purchase(buy("u2", 1, "r-2"))  # sold out, then ended: not_open wins
+    assert ended.status is NOT_OPEN and ended.message == "sale has ended"
+    assert (await store.purchase(buy("u1", 1, "r-1"))).status is OK  # first answers stay
+
+
+async def test_recent_sales_lists_sales_ending_since_in_opening_order(
+    store: StockStore, clock: FakeClock
+) -> None:
+    await store.open_sale(spec("old", ends_at=T0 + 10))
+    clock.advance(1)
+    await store.open_sale(spec("b", room="直播间-1", starts_at=T0 + 100, ends_at=T0 + 200))
+    clock.advance(1)
+    await store.open_sale(spec("a", stock=3))
+    await store.close_sale("a")
+    assert [s.sale_id for s in await store.recent_sales(T0)] == ["old", "b", "a"]
+    states = await store.recent_sales(T0 + 11)
+    assert [s.sale_id for s in states] == ["b", "a"]
+    b, a = states
+    assert (b.room, b.status, b.opened_at) == ("直播间-1", SaleStatus.SCHEDULED, T0 + 1)
+    assert (a.closed, a.remaining, a.opened_at) == (True, 3, T0 + 2)
+    assert a == await store.state("a")
+    assert await store.recent_sales(T0 + 10_000) == []
+
+
 async def test_purchase_at_or_after_end_is_not_open(store: StockStore, clock: FakeClock) -> None:
     await store.open_sale(spec())
     clock.set(T0 + 599.999)

@@ -115,7 +115,8 @@ class Model:
             sale.held[user] = sale.held.get(user, 0) + quantity
             sale.orders.append((order_id, user, quantity, rid))
             answer = (S.OK, order_id, quantity, sale.remaining)
-        sale.answers[rid] = (user, answer)
+        if not (answer[0] is S.NOT_OPEN and not sale.closed and now < STARTS):
+            sale.answers[rid] = (user, answer)  # "not started yet" is not final
         return answer
 
     def cancel(self, sale_id: str, order_id: str) -> bool:

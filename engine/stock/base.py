@@ -14,9 +14,11 @@ test suite runs against both):
   ``not_open``); the user's units plus the quantity stay within the limit (else
   ``limit_reached``); enough units remain (else ``sold_out``); then the units are taken,
   the user's count grows and the order is appended to the sale's orders log.
-* Every answer (not only ``ok``) is remembered per sale by request id for the sale's
-  lifetime, so a retry can never be charged twice and always sees the first answer, even
-  after a restock or a cancel. Pressing Buy again is a new request id. A request id that
+* Every answer (not only ``ok``) except "not started yet" is remembered per sale by
+  request id for the sale's lifetime, so a retry can never be charged twice and always
+  sees the first answer, even after a restock or a cancel. A press before ``starts_at``
+  is answered ``not_open`` and not remembered: the same request id may buy once the sale
+  has started (SPEC §9.3). Pressing Buy again is a new request id. A request id that
   another user already used in this sale is answered ``error`` and not remembered (no
   one learns another buyer's order). Answers for an unknown sale are not remembered.
 * No oversell, no double charge. At every moment, for every sale:
@@ -234,6 +236,7 @@ class SaleState:
     remaining: int
     sold: int
     status: SaleStatus
+    opened_at: float = 0.0  # store clock when the sale was opened (orders a room's sales)
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +406,15 @@ class StockStore(Protocol):
         Raises:
             SaleNotFound: no such sale.
             InvalidRequest: bad limit or cursor.
+        """
+        ...
+
+    async def recent_sales(self, since: float) -> list[SaleState]:
+        """Every sale whose ``ends_at`` is at or after ``since``, in the order they were opened.
+
+        A node reads them at start to learn the sales of the rooms it will hold: what to
+        show in a joiner's snapshot and which sales a Buy press may name. Includes
+        scheduled, open, sold-out, closed and (recently) ended sales.
         """
         ...
 

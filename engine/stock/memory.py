@@ -41,6 +41,7 @@ __all__ = ["MemoryStockStore"]
 class _Sale:
     spec: SaleSpec
     remaining: int
+    opened_at: float
     closed: bool = False
     restocked: int = 0
     sold: int = 0
@@ -97,6 +98,7 @@ class MemoryStockStore(StockStore):
                 remaining=sale.remaining,
                 now=now,
             ),
+            opened_at=sale.opened_at,
         )
 
     async def open_sale(self, spec: SaleSpec) -> SaleState:
@@ -104,8 +106,9 @@ class MemoryStockStore(StockStore):
             raise StoreUnavailable("stock store is closed")
         if spec.sale_id in self._sales:
             raise SaleExists(spec.sale_id)
-        sale = self._sales[spec.sale_id] = _Sale(spec=spec, remaining=spec.stock)
-        return self._state(sale, self._clock())
+        now = self._clock()
+        sale = self._sales[spec.sale_id] = _Sale(spec=spec, remaining=spec.stock, opened_at=now)
+        return self._state(sale, now)
 
     async def close_sale(self, sale_id: str) -> SaleState:
         sale = self._sale(sale_id)
@@ -183,7 +186,8 @@ class MemoryStockStore(StockStore):
             sale.log.append(order)
         remaining = None if reason == "bad_quantity" else sale.remaining
         answer = result_for(reason, rid, quantity, remaining, order_id)
-        sale.answers[rid] = (req.user_id, answer)
+        if reason != "not_started":  # the same attempt may buy once the sale starts
+            sale.answers[rid] = (req.user_id, answer)
         return answer
 
     async def cancel_order(self, sale_id: str, order_id: str) -> bool:
@@ -230,6 +234,12 @@ class MemoryStockStore(StockStore):
                     entry = dataclasses.replace(entry, cancelled=True)
                 page.append(entry)
         return page, (str(position) if len(page) == limit else None)
+
+    async def recent_sales(self, since: float) -> list[SaleState]:
+        if self._closed:
+            raise StoreUnavailable("stock store is closed")
+        now = self._clock()
+        return [self._state(s, now) for s in self._sales.values() if s.spec.ends_at >= since]
 
     async def close(self) -> None:
         self._closed = True

@@ -23,7 +23,13 @@ Guarantees (beyond those of :mod:`engine.stock.base`):
                                            quantity ts_ms
       <prefix>:{sale:ID}:ordermap   hash   order_id -> "quantity|user_id" (for cancels)
       <prefix>:{sale:ID}:cancelled  set    cancelled order ids
+      <prefix>:sales                zset   sale_id -> ends_at: every sale, for
+                                           :meth:`RedisStockStore.recent_sales`
 
+  The ``sales`` index is written (ZADD NX) before the sale's meta, so every sale that
+  exists is indexed; a member whose meta is missing (an open that failed half-way) is
+  skipped by readers. Members that ended more than :data:`INDEX_KEEP` seconds ago are
+  trimmed when the index is read.
   Order ids are ``<sale_id>-<n>`` from the meta ``seq`` counter; stream entry ids are
   Redis's own (``*``) and serve as :meth:`RedisStockStore.orders` cursors. Nothing
   expires; ledger consumers may read the stream with consumer groups but must not trim
@@ -90,6 +96,9 @@ SCRIPT_BATCH: Final = 500
 """Most purchase requests one ``purchase.lua`` run takes; bigger batches are split."""
 
 SCRIPT_NAMES: Final = ("open", "close", "restock", "purchase", "cancel")
+
+INDEX_KEEP: Final = 7 * 86400.0
+"""Seconds after its end that a sale stays in the ``sales`` index."""
 
 _UNAVAILABLE: Final = (
     RedisConnectionError,  # refused, reset, BusyLoadingError (AOF loading), no pool slot
@@ -270,11 +279,18 @@ class RedisStockStore(StockStore):
             status=sale_status(
                 closed=closed, starts_at=starts_at, ends_at=ends_at, remaining=remaining, now=now
             ),
+            opened_at=float(meta.get("opened_at", starts_at)),
         )
 
     # --- sales ---------------------------------------------------------------------
 
+    @property
+    def index_key(self) -> str:
+        """The ``sales`` index (sale id -> ends_at)."""
+        return f"{self._prefix}:sales"
+
     async def open_sale(self, spec: SaleSpec) -> SaleState:
+        now = self._clock()
         args = (
             spec.room,
             spec.product_id,
@@ -283,11 +299,19 @@ class RedisStockStore(StockStore):
             repr(spec.starts_at),
             repr(spec.ends_at),
             spec.stock,
+            repr(now),
         )
-        created = await self._run(lambda: self._eval("open", [self._keys(spec.sale_id).meta], args))
+        meta_key = self._keys(spec.sale_id).meta
+
+        async def index_then_open() -> Any:
+            # Indexed first: a sale never exists unindexed (sale ids are never reused, so
+            # NX keeps an existing member's score when the id is taken).
+            await self._client.zadd(self.index_key, {spec.sale_id: spec.ends_at}, nx=True)
+            return await self._eval("open", [meta_key], args)
+
+        created = await self._run(index_then_open)
         if not created:
             raise SaleExists(spec.sale_id)
-        now = self._clock()
         return SaleState(
             sale_id=spec.sale_id,
             room=spec.room,
@@ -308,6 +332,7 @@ class RedisStockStore(StockStore):
                 remaining=spec.stock,
                 now=now,
             ),
+            opened_at=now,
         )
 
     async def close_sale(self, sale_id: str) -> SaleState:
@@ -485,6 +510,23 @@ class RedisStockStore(StockStore):
                 for order, flag in zip(page, flags, strict=True)
             ]
         return page, (None if exhausted else cursor)
+
+    async def recent_sales(self, since: float) -> list[SaleState]:
+        async def read() -> list[SaleState]:
+            client = self._client
+            await client.zremrangebyscore(self.index_key, "-inf", f"({since - INDEX_KEEP!r}")
+            ids = [_text(i) for i in await client.zrangebyscore(self.index_key, since, "+inf")]
+            if not ids:
+                return []
+            pipe = client.pipeline(transaction=False)  # one round trip (per node on a cluster)
+            for sale_id in ids:
+                pipe.hgetall(self._keys(sale_id).meta)
+            replies = await pipe.execute()
+            now = self._clock()
+            states = [self._state(i, r, now) for i, r in zip(ids, replies, strict=True) if r]
+            return sorted(states, key=lambda state: state.opened_at)
+
+        return await self._run(read)
 
     async def close(self) -> None:
         if self._closed:

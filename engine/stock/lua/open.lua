@@ -9,6 +9,7 @@ local per_user_limit = ARGV[4]  -- integer >= 1
 local starts_at = ARGV[5]       -- unix seconds, decimal text (kept verbatim)
 local ends_at = ARGV[6]         -- unix seconds, decimal text (kept verbatim)
 local stock = ARGV[7]           -- integer >= 0
+local opened_at = ARGV[8]       -- store clock at opening, unix seconds (decimal text)
 
 -- checks
 if redis.call('EXISTS', meta_key) == 1 then
@@ -20,5 +21,5 @@ redis.call('HSET', meta_key,
     'room', room, 'product_id', product_id, 'price', price,
     'per_user_limit', per_user_limit, 'starts_at', starts_at, 'ends_at', ends_at,
     'closed', '0', 'initial', stock, 'restocked', '0', 'remaining', stock, 'sold', '0',
-    'seq', '0')
+    'seq', '0', 'opened_at', opened_at)
 return 1

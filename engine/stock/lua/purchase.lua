@@ -7,7 +7,8 @@
 --   closed -> 'closed'; now < starts_at -> 'not_started'; now >= ends_at -> 'ended';
 --   user's units + quantity > limit -> 'limit_reached'; remaining < quantity -> 'sold_out';
 --   else 'ok': take the units, count them for the user, append the order to the stream.
--- Every answer except 'rid_conflict' is remembered under its request id.
+-- Every answer except 'rid_conflict' and 'not_started' is remembered under its request
+-- id ('not_started' is not final: the same attempt may buy once the sale starts).
 --
 -- Returns false when the sale does not exist (nothing is written), else one answer per
 -- request: "reason|quantity|remaining|order_id|user_id" (remaining and order_id may be
@@ -89,7 +90,9 @@ for i = 1, count do
         end
         answer = reason .. '|' .. quantity_text .. '|' .. remaining_text .. '|' .. order_id
             .. '|' .. user_id
-        redis.call('HSET', rids_key, request_id, answer)
+        if reason ~= 'not_started' then
+            redis.call('HSET', rids_key, request_id, answer)
+        end
     end
     answers[i] = answer
 end
