@@ -181,6 +181,16 @@ async def test_second_purchase_with_same_request_id_is_not_charged_twice(
     await check_invariants(store, "s1")
 
 
+async def test_a_replayed_first_answer_says_so(store: StockStore) -> None:
+    await store.open_sale(spec(stock=1))
+    first = await store.purchase(buy("u1", 1, "r-1"))
+    assert first.status is OK and not first.replayed
+    [again, other] = await store.purchase_many([buy("u1", 1, "r-1"), buy("u2", 1, "r-2")])
+    assert again == first and again.replayed
+    assert other.status is SOLD_OUT and not other.replayed
+    assert (await store.purchase(buy("u2", 1, "r-2"))).replayed
+
+
 async def test_retry_returns_the_first_answer_even_when_things_changed(
     store: StockStore, clock: FakeClock
 ) -> None:

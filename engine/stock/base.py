@@ -37,6 +37,7 @@ test suite runs against both):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 import re
@@ -291,6 +292,8 @@ class PurchaseResult:
         remaining: units left right after the answer was decided; None for ``not_found``
             and ``error``.
         message: a short human-readable reason (empty for ``ok``).
+        replayed: True when this is a remembered first answer given again (a retry); not
+            part of equality, so a replay equals its first answer.
     """
 
     status: PurchaseStatus
@@ -299,6 +302,7 @@ class PurchaseResult:
     quantity: int
     remaining: int | None
     message: str = ""
+    replayed: bool = dataclasses.field(default=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -149,7 +149,7 @@ class MemoryStockStore(StockStore):
         if first is not None:
             owner, answer = first
             if owner == req.user_id:
-                return answer
+                return dataclasses.replace(answer, replayed=True)
             return result_for(RID_CONFLICT, rid, quantity, None, None)
         spec = sale.spec
         limit = spec.per_user_limit

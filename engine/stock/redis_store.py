@@ -380,16 +380,17 @@ class RedisStockStore(StockStore):
             return [result_for("not_found", r.request_id, r.quantity, None, None) for r in requests]
         results = []
         for request, answer in zip(requests, reply, strict=True):
-            reason, quantity, remaining, order_id, _user = _text(answer).split("|", 4)
-            results.append(
-                result_for(
-                    reason,
-                    request.request_id,
-                    int(quantity),
-                    int(remaining) if remaining else None,
-                    order_id or None,
-                )
+            text = _text(answer)
+            replayed = text.startswith("+")
+            reason, quantity, remaining, order_id, _user = text.lstrip("+").split("|", 4)
+            result = result_for(
+                reason,
+                request.request_id,
+                int(quantity),
+                int(remaining) if remaining else None,
+                order_id or None,
             )
+            results.append(dataclasses.replace(result, replayed=True) if replayed else result)
         return results
 
     async def purchase(self, request: PurchaseRequest) -> PurchaseResult:

@@ -12,7 +12,8 @@
 --
 -- Returns false when the sale does not exist (nothing is written), else one answer per
 -- request: "reason|quantity|remaining|order_id|user_id" (remaining and order_id may be
--- empty; user_id is last so it may contain '|').
+-- empty; user_id is last so it may contain '|'), with a leading '+' when it is a
+-- remembered first answer given again.
 local meta_key = KEYS[1]        -- <prefix>:{sale:ID}:meta (hash)
 local users_key = KEYS[2]       -- <prefix>:{sale:ID}:users (hash user_id -> units held)
 local rids_key = KEYS[3]        -- <prefix>:{sale:ID}:rids (hash request_id -> answer)
@@ -48,7 +49,7 @@ for i = 1, count do
     local first = redis.call('HGET', rids_key, request_id)
     if first then
         if string.match(first, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$') == user_id then
-            answer = first
+            answer = '+' .. first
         else
             answer = 'rid_conflict|' .. quantity_text .. '|||' .. user_id
         end
