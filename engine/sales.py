@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Final
 
 from engine.config import StockConfig
 from engine.room import Hub, Room
@@ -40,6 +41,7 @@ from engine.stock import (
     PurchaseRequest,
     PurchaseResult,
     PurchaseStatus,
+    SaleNotFound,
     SaleSpec,
     SaleState,
     StockError,
@@ -187,15 +189,39 @@ class PurchaseBatcher:
 
 @dataclass(frozen=True, slots=True)
 class SaleDeskStatistics:
-    purchases: dict[str, int]  # answers by status, incl. local sold-out answers
+    purchases: dict[str, int]  # answers by status, incl. local answers
     local_sold_out_answers: int
+    local_not_open_answers: int
     pending: int
     store_calls: int
     store_seconds_total: float  # summed store round trips of purchase batches
+    sales_known: int  # sales this node has learnt (opened here, read at start, looked up)
+    lookups: int  # store reads for sales a press or a service call named first
+
+
+@dataclass(slots=True)
+class _Known:
+    """What this node knows of a sale: its room, window and snapshot (``info``)."""
+
+    room: str
+    info: SaleInfo
+    starts_at: float
+    ends_at: float
+    opened_at: float
+    closed: bool
+    over: bool  # ended or closed as far as this node's rooms were told (sale_closed)
+
+
+_Then = Callable[[bool | None], None]  # lookup outcome: known, unknown, store unreachable
 
 
 class SaleDesk:
-    """Pins and sales of this node's rooms. Service API calls and Buy presses land here."""
+    """Pins and sales of this node's rooms. Service API calls and Buy presses land here.
+
+    The stock store is the authority on sales; the desk keeps what it learnt of each
+    (:class:`_Known`) and, per room, which sale is current (the latest opened), so that a
+    joiner's snapshot (``Room.sale``, set by :meth:`attach`) shows it.
+    """
 
     def __init__(
         self,
@@ -217,14 +243,18 @@ class SaleDesk:
             workers=1,  # one call in flight: answers come back in the store's order
         )
         self.sold_out: set[str] = set()  # local flags
-        # sale id -> request ids whose ok / sold_out answer the room has already been shown
-        self._shown: dict[str, set[str]] = {}
-        self.sale_rooms: dict[str, str] = {}  # sale id -> room, for sales opened via this node
+        self.sales: dict[str, _Known] = {}
+        self.current: dict[str, str] = {}  # room -> its current sale (the latest opened)
         self.answers: Counter[str] = Counter()
         self.local_sold_out_answers = 0
+        self.local_not_open_answers = 0
         self.store_calls = 0
         self.store_seconds = 0.0
+        self.lookups = 0
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}  # (sale, start|end)
+        self._waiting: dict[str, list[_Then]] = {}  # sale id -> presses awaiting its lookup
+        self._lookup_queue: asyncio.Queue[str] = asyncio.Queue()
+        self._unknown: dict[str, float] = {}  # sale id -> monotonic time its "unknown" expires
 
     def _count_round_trip(self, seconds: float, _size: int) -> None:
         self.store_calls += 1
@@ -234,19 +264,131 @@ class SaleDesk:
         return SaleDeskStatistics(
             purchases=dict(self.answers),
             local_sold_out_answers=self.local_sold_out_answers,
+            local_not_open_answers=self.local_not_open_answers,
             pending=self.batcher.pending,
             store_calls=self.store_calls,
             store_seconds_total=self.store_seconds,
+            sales_known=len(self.sales),
+            lookups=self.lookups,
         )
 
+    async def load(self) -> int:
+        """Learn from the store every sale that ended less than ``SALE_MEMORY`` ago.
+
+        Called once at start, before viewers are accepted, so that the rooms this node
+        will hold show their sales in the first snapshot, even after a restart.
+        Returns how many sales were learnt.
+
+        Raises:
+            StockError: the store could not be read.
+        """
+        states = await self.store.recent_sales(self.clock() - SALE_MEMORY)
+        for state in states:
+            self._learn(state)
+        return len(states)
+
     async def run(self) -> None:
-        """The purchase workers; run as a task of the server's task group."""
-        await self.batcher.run()
+        """The purchase and lookup workers; run as a task of the server's task group."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.batcher.run())
+            for _ in range(LOOKUP_WORKERS):
+                tasks.create_task(self._look_up_sales())
 
     def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+
+    def attach(self, room: Room) -> None:
+        """Give a room (new, or held) its current sale, for its joiners' snapshots."""
+        sale_id = self.current.get(room.name)
+        room.sale = self.sales[sale_id].info if sale_id is not None else None
+
+    # --- what the node knows of sales ----------------------------------------------------
+
+    def _learn(self, state: SaleState) -> _Known:
+        """Record (or refresh) a sale from a store state; show it if it is its room's latest."""
+        known = self.sales.get(state.sale_id)
+        info = sale_info(state)
+        if known is None:
+            known = self.sales[state.sale_id] = _Known(
+                room=state.room,
+                info=info,
+                starts_at=state.starts_at,
+                ends_at=state.ends_at,
+                opened_at=state.opened_at,
+                closed=state.closed,
+                over=state.closed or state.ends_at <= self.clock(),
+            )
+            self._unknown.pop(state.sale_id, None)
+            self._schedule(state)
+        else:
+            known.info, known.closed = info, state.closed
+        if state.remaining == 0:
+            self.sold_out.add(state.sale_id)
+        else:
+            self.sold_out.discard(state.sale_id)
+        current = self.current.get(state.room)
+        if current is None or current == state.sale_id or (
+            self.sales[current].opened_at <= state.opened_at
+        ):
+            self.current[state.room] = state.sale_id
+        self._show(state.sale_id)
+        return known
+
+    def _show(self, sale_id: str) -> None:
+        """Put the sale's snapshot on its room (if held and it is the room's current sale)."""
+        known = self.sales[sale_id]
+        if self.current.get(known.room) != sale_id:
+            return
+        room = self.hub.get(known.room)
+        if room is not None:
+            room.sale = known.info
+
+    def _set_info(self, sale_id: str, **changes: object) -> None:
+        known = self.sales[sale_id]
+        known.info = replace(known.info, **changes)  # type: ignore[arg-type]
+        self._show(sale_id)
+
+    def _look_up(self, sale_id: str, then: _Then) -> None:
+        """Learn a sale this node does not know from the store; ``then`` gets the outcome."""
+        expires = self._unknown.get(sale_id)
+        if expires is not None and expires > time.monotonic():
+            then(False)
+            return
+        waiting = self._waiting.get(sale_id)
+        if waiting is not None:
+            waiting.append(then)
+            return
+        if len(self._waiting) >= MAX_LOOKUPS:
+            then(None)
+            return
+        self._waiting[sale_id] = [then]
+        self._lookup_queue.put_nowait(sale_id)
+
+    async def _look_up_sales(self) -> None:
+        while True:
+            sale_id = await self._lookup_queue.get()
+            self.lookups += 1
+            outcome: bool | None
+            try:
+                self._learn(await self.store.state(sale_id))
+                outcome = True
+            except SaleNotFound:
+                if len(self._unknown) >= MAX_LOOKUPS:
+                    self._unknown.clear()
+                self._unknown[sale_id] = time.monotonic() + UNKNOWN_TTL
+                outcome = False
+            except StockError:
+                outcome = None
+            except Exception:  # a bug must not stop every later lookup on the node
+                log.exception("looking up sale %r failed", sale_id)
+                outcome = None
+            for then in self._waiting.pop(sale_id, []):
+                try:
+                    then(outcome)
+                except Exception:
+                    log.exception("answering a press after a sale lookup failed")
 
     # --- viewers ----------------------------------------------------------------------
 
@@ -285,13 +427,43 @@ class SaleDesk:
                 )
             )
 
-        if self.sale_rooms.get(sale_id) != room.name:
+        known = self.sales.get(sale_id)
+        if known is None:
+
+            def then(outcome: bool | None) -> None:
+                if outcome is None:
+                    reply("error", msg="try again")
+                elif not outcome or sale_id not in self.sales:
+                    reply("error", msg="unknown sale")
+                else:
+                    self.buy(
+                        room,
+                        user_id=user_id,
+                        name=name,
+                        sale_id=sale_id,
+                        quantity=quantity,
+                        rid=rid,
+                        retry=retry,
+                        answer=answer,
+                    )
+
+            self._look_up(sale_id, then)
+            return
+        if known.room != room.name:
             reply("error", msg="unknown sale")
             return
-        if sale_id in self.sold_out and not retry:
-            self.local_sold_out_answers += 1
-            reply("sold_out", remaining=0, msg="sold out")
-            return
+        if not retry:  # local answers, never recorded; a retry always reaches the store
+            now = self.clock()
+            if known.closed or now >= known.ends_at or now < known.starts_at:
+                self.local_not_open_answers += 1
+                reason = "closed" if known.closed else "ended" if now >= known.ends_at else None
+                msg = REASONS[reason or "not_started"][1]
+                reply("not_open", msg=msg)
+                return
+            if sale_id in self.sold_out:
+                self.local_sold_out_answers += 1
+                reply("sold_out", remaining=0, msg="sold out")
+                return
         request = PurchaseRequest(
             sale_id=sale_id,
             user_id=user_id,
@@ -303,7 +475,7 @@ class SaleDesk:
             if isinstance(result, StockError):
                 reply("error", msg="try again")
                 return
-            self._after_purchase(room, sale_id, name, result, retry=retry)
+            self._after_purchase(sale_id, name, result, retry=retry)
             status = _STATUS.get(result.status, "error")
             if result.status is PurchaseStatus.ERROR and result.message == _BAD_QUANTITY:
                 status = "limit_reached"  # more than the per-user limit at once (SPEC §9.3)
@@ -319,37 +491,36 @@ class SaleDesk:
             reply("error", msg="try again")
 
     def _after_purchase(
-        self, room: Room, sale_id: str, name: str, result: PurchaseResult, *, retry: bool
+        self, sale_id: str, name: str, result: PurchaseResult, *, retry: bool
     ) -> None:
-        if result.status not in _STOCK_CHANGES:
-            return
-        shown = self._shown.setdefault(sale_id, set())
-        if result.request_id in shown:
-            return  # a replay of a first answer the room has seen: old news
-        shown.add(result.request_id)
-        if result.status is PurchaseStatus.OK:
+        if result.status not in _STOCK_CHANGES or result.replayed:
+            return  # a replayed first answer is old news for the room
+        room = self.hub.get(self.sales[sale_id].room)
+        if result.status is PurchaseStatus.OK and room is not None:
             room.publish(
                 lambda off, ts: Purchase(
                     sale_id=sale_id, name=mask_name(name), qty=result.quantity, ts=ts, offset=off
                 )
             )
         if result.remaining is not None and not retry:
-            self._stock_changed(room, sale_id, result.remaining)
+            self._stock_changed(sale_id, result.remaining)
 
-    def _stock_changed(self, room: Room, sale_id: str, remaining: int) -> None:
-        room.conflate(f"stock:{sale_id}", Stock(sale_id=sale_id, remaining=remaining))
-        info = room.sale
-        if info is not None and info.id == sale_id:
-            status = info.status
-            if remaining == 0 and status == "open":
-                status = "sold_out"
-            elif remaining > 0 and status == "sold_out":
-                status = "open"
-            room.sale = replace(info, remaining=remaining, status=status)
+    def _stock_changed(self, sale_id: str, remaining: int) -> None:
+        known = self.sales[sale_id]
+        room = self.hub.get(known.room)
+        if room is not None:
+            room.conflate(f"stock:{sale_id}", Stock(sale_id=sale_id, remaining=remaining))
+        status = known.info.status
+        if remaining == 0 and status == "open":
+            status = "sold_out"
+        elif remaining > 0 and status == "sold_out":
+            status = "open"
+        self._set_info(sale_id, remaining=remaining, status=status)
         if remaining == 0:
             if sale_id not in self.sold_out:
                 self.sold_out.add(sale_id)
-                room.publish(lambda off, ts: SoldOut(sale_id=sale_id, ts=ts, offset=off))
+                if room is not None:
+                    room.publish(lambda off, ts: SoldOut(sale_id=sale_id, ts=ts, offset=off))
         else:
             self.sold_out.discard(sale_id)
 
@@ -387,79 +558,89 @@ class SaleDesk:
     async def open_sale(self, spec: SaleSpec) -> SaleState:
         room = self.room(spec.room)
         state = await self.store.open_sale(spec)
-        self.sale_rooms[spec.sale_id] = spec.room
-        info = sale_info(state)
-        room.sale = info
-        room.publish(lambda off, ts: SaleOpened(sale=info, ts=ts, offset=off))
-        if state.remaining == 0:
-            self.sold_out.add(spec.sale_id)
-        self._schedule_end(room, state)
+        known = self._learn(state)
+        room.publish(lambda off, ts: SaleOpened(sale=known.info, ts=ts, offset=off))
         return state
 
-    def _schedule_end(self, room: Room, state: SaleState) -> None:
+    def _schedule(self, state: SaleState) -> None:
         """Timers for the snapshot's status: open at ``starts_at``, ended at ``ends_at``."""
+        if state.closed:
+            return
         loop = asyncio.get_running_loop()
         now = self.clock()
         sale_id = state.sale_id
         if state.starts_at > now:
             self._timers[sale_id, "start"] = loop.call_later(
-                state.starts_at - now, self._started, room, sale_id
+                state.starts_at - now, self._started, sale_id
             )
         self._timers[sale_id, "end"] = loop.call_later(
-            max(0.0, state.ends_at - now), self._ended, room, sale_id, "ended"
+            max(0.0, state.ends_at - now), self._ended, sale_id, "ended"
         )
 
-    def _started(self, room: Room, sale_id: str) -> None:
+    def _started(self, sale_id: str) -> None:
         self._timers.pop((sale_id, "start"), None)
-        info = room.sale
-        if info is not None and info.id == sale_id and info.status == "scheduled":
-            room.sale = replace(info, status="open" if info.remaining else "sold_out")
+        info = self.sales[sale_id].info
+        if info.status == "scheduled":
+            self._set_info(sale_id, status="open" if info.remaining else "sold_out")
 
-    def _ended(self, room: Room, sale_id: str, reason: str) -> None:
+    def _ended(self, sale_id: str, reason: str) -> None:
         for kind in ("start", "end"):
             timer = self._timers.pop((sale_id, kind), None)
             if timer is not None:
                 timer.cancel()
-        info = room.sale
-        if info is not None and info.id == sale_id:
-            if info.status in ("closed", "ended"):
-                return
-            room.sale = replace(info, status=reason)
-        room.publish(lambda off, ts: SaleClosed(sale_id=sale_id, reason=reason, ts=ts, offset=off))
+        known = self.sales[sale_id]
+        known.closed = known.closed or reason == "closed"
+        if known.over:
+            return
+        known.over = True
+        self._set_info(sale_id, status=reason)
+        room = self.hub.get(known.room)
+        if room is not None:
+            room.publish(
+                lambda off, ts: SaleClosed(sale_id=sale_id, reason=reason, ts=ts, offset=off)
+            )
+
+    async def _know(self, sale_id: str) -> None:
+        """Learn a sale that a service call names before changing it, so its room is told."""
+        if sale_id not in self.sales:
+            await self.state(sale_id)
 
     async def close_sale(self, sale_id: str) -> SaleState:
+        await self._know(sale_id)
         state = await self.store.close_sale(sale_id)
-        room = self.hub.get(state.room)
-        if room is not None:
-            self._ended(room, sale_id, "closed")
+        self._ended(sale_id, "closed")
         return state
 
     async def restock(self, sale_id: str, quantity: int) -> SaleState:
+        await self._know(sale_id)
         state = await self.store.restock(sale_id, quantity)
-        room = self.hub.get(state.room)
-        if room is not None:
-            if room.sale is not None and room.sale.id == sale_id:
-                room.sale = replace(room.sale, stock=state.initial + state.restocked)
-            self._stock_changed(room, sale_id, state.remaining)
-        else:
-            self.sold_out.discard(sale_id)
+        self._set_info(sale_id, stock=state.initial + state.restocked)
+        self._stock_changed(sale_id, state.remaining)
         return state
 
     async def cancel_order(self, sale_id: str, order_id: str) -> bool:
+        await self._know(sale_id)
         cancelled = await self.store.cancel_order(sale_id, order_id)
         if cancelled:
             state = await self.store.state(sale_id)
-            room = self.hub.get(state.room)
-            if room is not None:
-                self._stock_changed(room, sale_id, state.remaining)
-            else:
-                self.sold_out.discard(sale_id)
+            self._stock_changed(sale_id, state.remaining)
         return cancelled
 
     async def state(self, sale_id: str) -> SaleState:
-        return await self.store.state(sale_id)
+        """The sale as the store holds it now (and the node learns it if it did not know it)."""
+        state = await self.store.state(sale_id)
+        if sale_id not in self.sales:
+            self._learn(state)
+        return state
 
 
+SALE_MEMORY: Final = 86400.0
+"""Seconds after its end that a node still learns a sale at start (for snapshots)."""
+LOOKUP_WORKERS: Final = 4
+MAX_LOOKUPS: Final = 10_000
+"""Most sales looked up at once, and most sales remembered as unknown."""
+UNKNOWN_TTL: Final = 1.0
+"""Seconds a sale the store did not hold is answered "unknown sale" without asking again."""
 _STATUS = {
     PurchaseStatus.OK: "ok",
     PurchaseStatus.SOLD_OUT: "sold_out",

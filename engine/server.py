@@ -91,6 +91,9 @@ class LiveroomServer:
         )
         self.store = await _open_store(self.config)
         self.desk = SaleDesk(self.store, self.hub, self.config.stock)
+        learnt = await self.desk.load()  # the sales of the rooms this node will hold
+        if learnt:
+            log.info("learnt %d recent sales from the stock store", learnt)
         self.gateway = Gateway(self.config, self.hub, self.desk)
         if self.config.service.enabled:
             self.service = await start_service(self.config, self.hub, self.gateway, self.desk)

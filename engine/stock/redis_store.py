@@ -52,6 +52,7 @@ import hashlib
 import importlib.resources
 import re
 import time
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -516,7 +517,8 @@ class RedisStockStore(StockStore):
         async def read() -> list[SaleState]:
             client = self._client
             await client.zremrangebyscore(self.index_key, "-inf", f"({since - INDEX_KEEP!r}")
-            ids = [_text(i) for i in await client.zrangebyscore(self.index_key, since, "+inf")]
+            members = await client.zrangebyscore(self.index_key, since, "+inf")
+            ids = [_text(typing.cast(bytes, i)) for i in members]
             if not ids:
                 return []
             pipe = client.pipeline(transaction=False)  # one round trip (per node on a cluster)
