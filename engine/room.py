@@ -12,12 +12,22 @@ Guarantees:
   the loop reads again, so an event waits at most about one round of writes.
 - A subscriber whose sink holds more than ``write_limit`` unsent bytes after a write is
   cut off (``Subscriber.too_slow``), after the slice is written, so memory stays bounded.
+- With a node :class:`~engine.limits.WriteBudget`, each slice write adds the change of the
+  slice's summed unsent bytes to the node's estimate (the sizes are read per subscriber
+  anyway); past the budget the hub measures every subscriber exactly and cuts off the
+  most-behind first (see :meth:`Hub.budget_pass`), so stalled readers in bulk hold at
+  most about ``server.write_budget`` bytes.
 - Natural batching: an event schedules a flush on the next loop turn, so in a quiet room
   it leaves at once; everything that arrived meanwhile leaves in the same frame. An
   optional minimum interval spaces rounds further.
 - Conflated values (like total, viewer count) are sent at most once per tick, latest wins.
 - A room's history is a bounded ring buffer; its epoch changes whenever history restarts,
   so clients can tell "resume from offset" apart from "resync".
+- The hub holds at most ``max_rooms`` rooms. A room that loses its last viewer is dropped
+  at once if it never had an event nor a like (nothing to resume), else after
+  ``empty_room_ttl``; a new room beyond the cap first drops the longest-empty rooms, and
+  :class:`RoomsFull` is raised when every room has viewers. Counters of dropped rooms stay
+  in the hub's totals.
 """
 
 from __future__ import annotations
@@ -31,10 +41,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from engine.limits import PassResult, WriteBudget
 from engine.wsframe import data_frame
 from protocol import Codec, Comment, Joined, Likes, Product, RoomEvent, SaleInfo, Viewers
 
-__all__ = ["FrameSink", "Hub", "HubStatistics", "JoinResult", "Room", "Subscriber"]
+__all__ = [
+    "FrameSink",
+    "Hub",
+    "HubStatistics",
+    "JoinResult",
+    "Room",
+    "RoomsFull",
+    "Subscriber",
+]
+
+
+class RoomsFull(Exception):
+    """No room can be added: the hub holds ``max_rooms`` rooms and every one has viewers."""
 
 
 class FrameSink(Protocol):
@@ -109,16 +132,18 @@ class _Slice:
     """Up to ``slice_size`` subscribers that are written together, by codec.
 
     ``sent`` is the offset of the newest event written to them; ``version`` the newest
-    conflated-value version they were sent.
+    conflated-value version they were sent; ``unsent`` their unsent bytes summed when they
+    were last written or measured (their share of the node's write-budget estimate).
     """
 
-    __slots__ = ("sent", "size", "subs", "version")
+    __slots__ = ("sent", "size", "subs", "unsent", "version")
 
     def __init__(self, sent: int, version: int) -> None:
         self.subs: dict[Codec, dict[Subscriber, FrameSink]] = {}
         self.sent = sent
         self.version = version
         self.size = 0
+        self.unsent = 0
 
 
 class Room:
@@ -132,11 +157,13 @@ class Room:
     """
 
     __slots__ = (
+        "_budget",
         "_conflated",
         "_cursor",
         "_cycle_goal",
         "_flush_handle",
         "_frames",
+        "_hub",
         "_last_cycle",
         "_loop",
         "_min_interval",
@@ -171,6 +198,8 @@ class Room:
         loop: asyncio.AbstractEventLoop,
         slice_size: int = 512,
         write_limit: int = 1 << 20,
+        budget: WriteBudget | None = None,
+        hub: Hub | None = None,
     ) -> None:
         self.name = name
         self.epoch = _new_epoch()
@@ -198,6 +227,8 @@ class Room:
         self._min_interval = min_flush_interval
         self._slice_size = slice_size
         self._write_limit = write_limit  # unsent bytes per subscriber before it is cut off
+        self._budget = budget  # the node's unsent-bytes account, if any
+        self._hub = hub  # told when the room empties or fills again
         self._loop = loop
 
     # --- membership -------------------------------------------------------------------
@@ -228,7 +259,10 @@ class Room:
             self.slices.append(last)
         last.subs.setdefault(sub.codec, {})[sub] = sub.sink
         last.size += 1
-        self.empty_since = None
+        if self.empty_since is not None:
+            self.empty_since = None
+            if self._hub is not None:
+                self._hub._occupied(self)
         sent = last.sent
         # Events this slice has not been sent yet reach the joiner in its next batch.
         end = max(0, len(self.history) - (self.offset - sent))
@@ -265,13 +299,24 @@ class Room:
                     del sl.subs[sub.codec]
                 if not sl.size:
                     del self.slices[i]
+                    if self._budget is not None:
+                        self._budget.estimate -= sl.unsent
                     if self._cursor > i:
                         self._cursor -= 1
                 break
+        else:
+            return  # not a subscriber here
         if not self.slices:
             self.empty_since = time.monotonic()
             self._unsent.clear()
             self._ready.clear()
+            if self._hub is not None:
+                self._hub._vacated(self)
+
+    @property
+    def eventless(self) -> bool:
+        """Nothing a returning viewer could resume: no event was ever published, no like."""
+        return self.offset == 0 and self.likes == 0
 
     # --- publishing -------------------------------------------------------------------
 
@@ -396,6 +441,7 @@ class Room:
             return
         limit = self._write_limit
         slow = False
+        buffered = 0  # this slice's unsent bytes, summed
         for codec, subs in sl.subs.items():
             key = (start, end, version, codec)
             frame = self._frames.get(key)
@@ -409,9 +455,17 @@ class Room:
             # only buffer, so nothing here changes ``subs``; cut-offs wait until the end.
             for sink in subs.values():
                 sink.write(frame)
-                if sink.get_write_buffer_size() > limit:
+                size = sink.get_write_buffer_size()
+                buffered += size
+                if size > limit:
                     slow = True
             self.frames_written += len(subs)
+        budget = self._budget
+        if budget is not None:  # the node's estimate follows this slice's new sum
+            budget.estimate += buffered - sl.unsent
+            sl.unsent = buffered
+            if budget.estimate > budget.limit:
+                budget.over()  # an exact pass comes on a later loop turn
         if slow:
             self._cut_off_slow(sl)
 
@@ -432,12 +486,27 @@ class Room:
 class HubStatistics:
     rooms: int
     subscriptions: int
-    events_published: int
-    frames_written: int
+    events_published: int  # rooms dropped included
+    frames_written: int  # rooms dropped included
+    rooms_dropped: int  # empty rooms forgotten (eventless, TTL, or to make room)
+    rooms_full: int  # rooms not created because max_rooms rooms all had viewers
+    unsent_estimate: int  # the write budget's running estimate of unsent bytes (0: no budget)
+    budget_passes: int  # exact passes over all subscribers
+    budget_cuts: int  # subscribers cut off because the node was over its write budget
 
 
 class Hub:
-    """The rooms of this process, created on first join and dropped when empty for long."""
+    """The rooms of this process, created on first join and dropped when empty for long.
+
+    Args:
+        empty_room_ttl: seconds a room that lost its last viewer is kept (with its history,
+            for viewers who come back); an eventless room (:attr:`Room.eventless`) is
+            dropped as soon as it empties.
+        max_rooms: most rooms held; see :meth:`room`.
+        write_budget: the node's unsent-bytes account; the hub runs its exact passes.
+        cut_off: what to do with a subscriber cut by the write budget (default: its
+            ``too_slow``); the server aborts the connection at once.
+    """
 
     def __init__(
         self,
@@ -445,25 +514,47 @@ class Hub:
         history_size: int,
         snapshot_size: int,
         min_flush_interval: float,
-        empty_room_ttl: float = 300.0,
+        empty_room_ttl: float = 60.0,
+        max_rooms: int = 10_000,
         slice_size: int = 512,
         write_limit: int = 1 << 20,
+        write_budget: WriteBudget | None = None,
+        cut_off: Callable[[Subscriber], None] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.rooms: dict[str, Room] = {}
+        self._empty: dict[str, Room] = {}  # rooms without viewers, longest-empty first
         self._history_size = history_size
         self._snapshot_size = snapshot_size
         self._min_flush_interval = min_flush_interval
         self._empty_room_ttl = empty_room_ttl
+        self._max_rooms = max_rooms
         self._slice_size = slice_size
         self._write_limit = write_limit
         self._dropped_events = 0  # counters of forgotten rooms, so totals never go down
         self._dropped_frames = 0
+        self._rooms_dropped = 0
+        self._rooms_full = 0
         self._loop = loop or asyncio.get_running_loop()
+        self._budget = write_budget
+        self._cut_off = cut_off
+        if write_budget is not None:
+            write_budget.attach(self._loop, self.budget_pass)
 
     def room(self, name: str) -> Room:
+        """The room called ``name``, created if the hub does not hold it.
+
+        Raises:
+            RoomsFull: the room is new, the hub holds ``max_rooms`` rooms and none of them
+                is empty (empty ones are dropped to make room, longest-empty first).
+        """
         room = self.rooms.get(name)
         if room is None:
+            while len(self.rooms) >= self._max_rooms:
+                if not self._empty:
+                    self._rooms_full += 1
+                    raise RoomsFull(f"this node holds {self._max_rooms} rooms, all with viewers")
+                self._drop(next(iter(self._empty)))
             room = self.rooms[name] = Room(
                 name,
                 history_size=self._history_size,
@@ -472,35 +563,123 @@ class Hub:
                 loop=self._loop,
                 slice_size=self._slice_size,
                 write_limit=self._write_limit,
+                budget=self._budget,
+                hub=self,
             )
+            self._empty[name] = room  # until its first viewer joins
         return room
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
+    def _occupied(self, room: Room) -> None:
+        """``room`` got its first viewer (called by the room)."""
+        if self._empty.get(room.name) is room:
+            del self._empty[room.name]
+
+    def _vacated(self, room: Room) -> None:
+        """``room`` lost its last viewer (called by the room)."""
+        if self.rooms.get(room.name) is not room:
+            return  # already forgotten
+        if room.eventless:
+            self._drop(room.name)
+        else:
+            self._empty[room.name] = room  # the newest empty room goes last
+
+    def _drop(self, name: str) -> None:
+        room = self.rooms.pop(name)
+        self._empty.pop(name, None)
+        room.close()
+        self._dropped_events += room.events_published
+        self._dropped_frames += room.frames_written
+        self._rooms_dropped += 1
+
     def tick(self) -> None:
         """Send conflated values; forget rooms empty for longer than the TTL."""
-        now = time.monotonic()
-        for name, room in list(self.rooms.items()):
+        for room in self.rooms.values():
             room.tick()
-            if room.empty_since is not None and now - room.empty_since > self._empty_room_ttl:
-                room.close()
-                self._dropped_events += room.events_published
-                self._dropped_frames += room.frames_written
-                del self.rooms[name]
+        now = time.monotonic()
+        empty = self._empty
+        ttl = self._empty_room_ttl
+        while empty:
+            name, room = next(iter(empty.items()))
+            if room.empty_since is None or now - room.empty_since <= ttl:
+                break
+            self._drop(name)
 
     def rooms_of(self, names: Iterable[str]) -> list[Room]:
         return [r for r in (self.rooms.get(n) for n in names) if r is not None]
 
+    # --- the node's write budget ------------------------------------------------------
+
+    def _measure(self) -> dict[Subscriber, int]:
+        """Every subscriber's unsent bytes; refreshes the slices' sums and the estimate."""
+        sizes: dict[Subscriber, int] = {}
+        estimate = 0
+        for room in self.rooms.values():
+            for sl in room.slices:
+                total = 0
+                for subs in sl.subs.values():
+                    for sub, sink in subs.items():
+                        size = sink.get_write_buffer_size()
+                        total += size
+                        sizes[sub] = size
+                sl.unsent = total
+                estimate += total
+        if self._budget is not None:
+            self._budget.estimate = estimate
+        return sizes
+
+    def budget_pass(self) -> PassResult:
+        """Measure every subscriber; if the node is over its write budget, cut the most
+        behind first until the unsent total is at most the budget's target (3/4 of it).
+
+        Each subscriber is counted once, whatever the number of its rooms. Cut subscribers
+        leave their rooms (``cut_off`` / ``too_slow``), so they are measured no more.
+
+        Returns:
+            (unsent bytes before, unsent bytes after, subscribers cut).
+        """
+        budget = self._budget
+        assert budget is not None, "no write budget"
+        sizes = self._measure()
+        before = after = sum(sizes.values())
+        cut = 0
+        if before > budget.limit:
+            cut_off = self._cut_off
+            for sub, size in sorted(sizes.items(), key=_by_size, reverse=True):
+                if after <= budget.target:
+                    break
+                if cut_off is not None:
+                    cut_off(sub)
+                else:
+                    sub.too_slow()
+                after -= size
+                cut += 1
+            after = sum(self._measure().values())
+        return before, after, cut
+
     def statistics(self) -> HubStatistics:
         rooms = self.rooms.values()
+        budget = self._budget
         return HubStatistics(
             rooms=len(self.rooms),
-            subscriptions=sum(r.viewers for r in self.rooms.values()),
+            subscriptions=sum(r.viewers for r in rooms),
             events_published=self._dropped_events + sum(r.events_published for r in rooms),
             frames_written=self._dropped_frames + sum(r.frames_written for r in rooms),
+            rooms_dropped=self._rooms_dropped,
+            rooms_full=self._rooms_full,
+            unsent_estimate=budget.estimate if budget is not None else 0,
+            budget_passes=budget.passes if budget is not None else 0,
+            budget_cuts=budget.cuts if budget is not None else 0,
         )
 
     def close(self) -> None:
         for room in self.rooms.values():
             room.close()
+        if self._budget is not None:
+            self._budget.close()
+
+
+def _by_size(item: tuple[Subscriber, int]) -> int:
+    return item[1]

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
 from websockets.frames import Opcode
 
-from engine.room import Hub, Room
-from protocol import JSON, Comment, Joined, Likes, Viewers
+from engine.limits import WriteBudget
+from engine.room import Hub, Room, RoomsFull, Subscriber
+from protocol import JSON, MSGPACK, Comment, Joined, Likes, Viewers
 from tests.conftest import RecordingSubscriber, bounded, expect, parse_frame, wait_for_condition
 
 ROOM = "room-1"
@@ -290,13 +294,256 @@ async def test_hub_creates_rooms_on_demand_and_drops_them_after_the_empty_ttl() 
     assert hub.get("b") is None
     sub = FakeSubscriber()
     room.join(sub, offset=None, epoch=None, rid=None)
+    publish(room)
     await asyncio.sleep(0.1)
     hub.tick()
     assert hub.get("a") is room  # occupied rooms stay
     room.leave(sub)
+    hub.tick()
+    assert hub.get("a") is room  # a room with history is kept for returning viewers
     await asyncio.sleep(0.1)
     hub.tick()
     assert hub.get("a") is None
+    hub.close()
+
+
+@bounded(5)
+async def test_a_room_without_any_event_is_dropped_as_soon_as_its_last_viewer_leaves() -> None:
+    hub = Hub(history_size=10, snapshot_size=5, min_flush_interval=0.0, empty_room_ttl=300.0)
+    first, second = FakeSubscriber(), FakeSubscriber()
+    room = hub.room("quiet")
+    room.join(first, offset=None, epoch=None, rid=None)
+    room.join(second, offset=None, epoch=None, rid=None)
+    room.leave(first)
+    assert hub.get("quiet") is room  # one viewer left
+    room.leave(second)
+    assert hub.get("quiet") is None  # nothing to resume: gone without waiting for the TTL
+    assert hub.statistics().rooms_dropped == 1
+    hub.close()
+
+
+@bounded(5)
+async def test_a_room_with_likes_but_no_event_is_kept_for_the_ttl() -> None:
+    hub = Hub(history_size=10, snapshot_size=5, min_flush_interval=0.0, empty_room_ttl=300.0)
+    sub = FakeSubscriber()
+    room = hub.room("liked")
+    room.join(sub, offset=None, epoch=None, rid=None)
+    room.add_likes(3)
+    room.leave(sub)
+    assert hub.get("liked") is room
+    again = FakeSubscriber()
+    joined = expect(
+        MSGPACK.decode_server(room.join(again, offset=None, epoch=None, rid=1).payload(MSGPACK)),
+        Joined,
+    )
+    assert joined.likes == 3
+    hub.close()
+
+
+@bounded(5)
+async def test_joining_and_leaving_many_distinct_rooms_leaves_no_room_behind() -> None:
+    hub = Hub(history_size=1000, snapshot_size=50, min_flush_interval=0.0, empty_room_ttl=300.0)
+    sub = FakeSubscriber()
+    for i in range(2000):
+        room = hub.room(f"r{i}")
+        room.join(sub, offset=None, epoch=None, rid=None)
+        room.leave(sub)
+    stats = hub.statistics()
+    assert stats.rooms == 0 and stats.rooms_dropped == 2000
+    hub.close()
+
+
+def _occupy(hub: Hub, name: str, *, events: int = 0) -> tuple[Room, FakeSubscriber]:
+    room = hub.room(name)
+    sub = FakeSubscriber()
+    room.join(sub, offset=None, epoch=None, rid=None)
+    for _ in range(events):
+        publish(room)
+    return room, sub
+
+
+@bounded(5)
+async def test_a_new_room_beyond_max_rooms_drops_the_longest_empty_rooms_first() -> None:
+    hub = Hub(history_size=10, snapshot_size=5, min_flush_interval=0.0, max_rooms=3)
+    a, a_sub = _occupy(hub, "a", events=1)
+    b, b_sub = _occupy(hub, "b", events=1)
+    c, _ = _occupy(hub, "c", events=1)
+    b.leave(b_sub)  # b empties first,
+    a.leave(a_sub)  # then a
+    hub.room("d")
+    assert sorted(hub.rooms) == ["a", "c", "d"]  # b, longest empty, made room
+    hub.room("e")
+    assert sorted(hub.rooms) == ["c", "d", "e"]  # then a: d has no viewer yet but is newer
+    assert hub.get("c") is c
+    assert hub.statistics().rooms_dropped == 2
+    hub.close()
+
+
+@bounded(5)
+async def test_a_room_that_refills_is_no_longer_a_candidate_for_dropping() -> None:
+    hub = Hub(history_size=10, snapshot_size=5, min_flush_interval=0.0, max_rooms=2)
+    a, a_sub = _occupy(hub, "a", events=1)
+    b, b_sub = _occupy(hub, "b", events=1)
+    a.leave(a_sub)
+    b.leave(b_sub)
+    a.join(FakeSubscriber(), offset=None, epoch=None, rid=None)  # a is occupied again
+    hub.room("c")
+    assert sorted(hub.rooms) == ["a", "c"]
+    hub.close()
+
+
+@bounded(5)
+async def test_a_new_room_is_refused_with_rooms_full_when_every_room_has_viewers() -> None:
+    hub = Hub(history_size=10, snapshot_size=5, min_flush_interval=0.0, max_rooms=2)
+    a, _ = _occupy(hub, "a")
+    b, _ = _occupy(hub, "b", events=2)
+    with pytest.raises(RoomsFull):
+        hub.room("c")
+    assert hub.room("a") is a and hub.room("b") is b  # rooms held are still served
+    assert sorted(hub.rooms) == ["a", "b"]
+    stats = hub.statistics()
+    assert stats.rooms_full == 1 and stats.rooms_dropped == 0
+    hub.close()
+
+
+@bounded(5)
+async def test_counters_of_dropped_rooms_stay_in_the_hub_totals() -> None:
+    hub = Hub(history_size=10, snapshot_size=5, min_flush_interval=0.0, max_rooms=1)
+    room, sub = _occupy(hub, "a", events=3)
+    await asyncio.sleep(0)  # the batch is written
+    before = hub.statistics()
+    assert (before.events_published, before.frames_written) == (3, 1)
+    room.leave(sub)
+    _occupy(hub, "b", events=1)  # drops a to make room
+    after = hub.statistics()
+    assert after.rooms == 1 and after.rooms_dropped == 1
+    assert after.events_published == 4 and after.frames_written >= 1
+    hub.close()
+
+
+# --- the node's write budget ------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class BudgetSubscriber(FakeSubscriber):
+    """A recording subscriber that knows its rooms, so that a cut can make it leave."""
+
+    rooms: list[Room] = field(default_factory=list)
+
+
+class CutRecorder:
+    """Records the subscribers a hub's write budget cuts off; each leaves its rooms."""
+
+    def __init__(self) -> None:
+        self.cut: list[BudgetSubscriber] = []
+
+    def __call__(self, sub: Subscriber) -> None:
+        assert isinstance(sub, BudgetSubscriber)
+        self.cut.append(sub)
+        for room in sub.rooms:
+            room.leave(sub)
+
+
+def _budget_hub(limit: int, cut: CutRecorder, **kwargs: Any) -> tuple[Hub, WriteBudget]:
+    budget = WriteBudget(limit, interval=0.0)
+    hub = Hub(
+        history_size=10,
+        snapshot_size=5,
+        min_flush_interval=0.0,
+        write_limit=1 << 30,
+        write_budget=budget,
+        cut_off=cut,
+        **kwargs,
+    )
+    return hub, budget
+
+
+def _subscribe(hub: Hub, room_name: str, sub: BudgetSubscriber) -> None:
+    room = hub.room(room_name)
+    room.join(sub, offset=None, epoch=None, rid=None)
+    sub.rooms.append(room)
+
+
+@bounded(5)
+async def test_over_the_write_budget_the_most_behind_are_cut_first_until_three_quarters() -> None:
+    cut = CutRecorder()
+    hub, budget = _budget_hub(1000, cut)
+    subs = [BudgetSubscriber(unsent=n) for n in (100, 500, 50, 300, 200)]
+    for sub in subs:
+        _subscribe(hub, "a", sub)
+    publish(hub.room("a"))
+    await asyncio.sleep(0)  # the slice is written: the estimate passes 1000
+    assert budget.estimate == 1150 and budget.passes == 0  # the exact pass comes next turn
+    await asyncio.sleep(0)
+    # 1150 > 1000: cut 500 (-> 650 <= 750) and stop there.
+    assert [s.unsent for s in cut.cut] == [500]
+    assert budget.passes == 1 and budget.cuts == 1 and budget.unsent == 650
+    assert budget.estimate == 650 and hub.room("a").viewers == 4
+    stats = hub.statistics()
+    assert (stats.budget_passes, stats.budget_cuts, stats.unsent_estimate) == (1, 1, 650)
+    hub.close()
+
+
+@bounded(5)
+async def test_under_the_write_budget_nothing_is_measured_nor_cut() -> None:
+    cut = CutRecorder()
+    hub, budget = _budget_hub(1000, cut)
+    for n in (300, 300, 300):
+        _subscribe(hub, "a", BudgetSubscriber(unsent=n))
+    publish(hub.room("a"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert budget.estimate == 900 and budget.passes == 0 and cut.cut == []
+    hub.close()
+
+
+@bounded(5)
+async def test_a_stale_estimate_leads_to_an_exact_pass_that_cuts_nobody() -> None:
+    cut = CutRecorder()
+    hub, budget = _budget_hub(1000, cut)
+    quiet, busy = BudgetSubscriber(unsent=900), BudgetSubscriber(unsent=200)
+    _subscribe(hub, "quiet", quiet)
+    _subscribe(hub, "busy", busy)
+    publish(hub.room("quiet"))
+    await asyncio.sleep(0)
+    quiet.unsent = 0  # its reader caught up, but its room writes nothing more
+    publish(hub.room("busy"))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert budget.passes == 1 and cut.cut == []  # 900 + 200 estimated, 200 measured
+    assert budget.estimate == 200 and budget.unsent == 200
+    hub.close()
+
+
+@bounded(5)
+async def test_a_subscriber_in_several_rooms_is_measured_once_and_cut_once() -> None:
+    cut = CutRecorder()
+    hub, budget = _budget_hub(1000, cut)
+    everywhere = BudgetSubscriber(unsent=400)
+    for name in ("a", "b", "c"):
+        _subscribe(hub, name, everywhere)
+    other = BudgetSubscriber(unsent=100)
+    _subscribe(hub, "a", other)
+    for name in ("a", "b", "c"):
+        publish(hub.room(name))
+    for _ in range(4):
+        await asyncio.sleep(0)
+    # Slices estimate 1300 (the same 400 bytes seen in three rooms); measured: 500.
+    assert budget.passes >= 1 and cut.cut == [] and budget.unsent == 500
+    hub.close()
+
+
+@bounded(5)
+async def test_leaving_subscribers_take_their_slice_out_of_the_estimate() -> None:
+    cut = CutRecorder()
+    hub, budget = _budget_hub(10_000, cut, slice_size=1)
+    subs = [BudgetSubscriber(unsent=100) for _ in range(3)]
+    for sub in subs:
+        _subscribe(hub, "a", sub)
+    publish(hub.room("a"))
+    await wait_for_condition(lambda: budget.estimate == 300)
+    hub.room("a").leave(subs[0])
+    assert budget.estimate == 200
     hub.close()
 
 
