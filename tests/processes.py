@@ -1,0 +1,110 @@
+"""A real ``liveroom serve`` process for tests: started on free loopback ports, stopped by PID.
+
+:class:`Engine` runs the console script (uvloop, config from the environment, as operators
+run it), waits until both its ports accept, can be stopped with any signal and started
+again on the same ports, and talks to its service API. :meth:`Engine.kill` is safe to call
+at any time; fixtures call it in ``finally`` so no process outlives its test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from engine.server import LiveroomServer
+from tests.conftest import SECRET
+
+__all__ = ["API_KEY", "Endpoint", "Engine", "free_port"]
+
+API_KEY = "k-engine-process"
+
+LIVEROOM = Path(sys.executable).with_name("liveroom")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Endpoint:
+    """What :meth:`Peer.open` reads of a server: its websocket URL."""
+
+    url: str
+
+
+class Engine:
+    """A ``liveroom serve`` process that can be stopped and started again on its ports."""
+
+    def __init__(self, **settings: str) -> None:
+        """``settings``: extra ``LIVEROOM_*`` variables, e.g. ``STOCK_BACKEND="redis"``."""
+        self.ws_port, self.api_port = free_port(), free_port()
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
+            "LIVEROOM_SERVER_PORT": str(self.ws_port),
+            "LIVEROOM_SERVICE_PORT": str(self.api_port),
+            "LIVEROOM_AUTH_SECRET": SECRET,
+            "LIVEROOM_SERVICE_API_KEYS": API_KEY,
+            "LIVEROOM_SERVER_CLOSE_TIMEOUT": "1",
+            **{f"LIVEROOM_{key}": value for key, value in settings.items()},
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def endpoint(self) -> LiveroomServer:
+        return typing.cast(LiveroomServer, Endpoint(f"ws://127.0.0.1:{self.ws_port}/"))
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        self.proc = subprocess.Popen(
+            [str(LIVEROOM), "serve"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.starts += 1
+        deadline = time.monotonic() + 20
+        for port in (self.ws_port, self.api_port):
+            while True:
+                assert self.proc.poll() is None, "liveroom exited at start"
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "liveroom did not start"
+                    time.sleep(0.05)
+
+    def stop(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(15)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    async def api(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.api_port)
+        data = b"" if body is None else orjson.dumps(body)
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        raw = await reader.read()
+        writer.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        return int(head.split()[1]), orjson.loads(payload)
