@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import msgpack
 import orjson
@@ -116,12 +116,21 @@ class Codec:
 
 
 def unpack_untrusted(data: bytes) -> Any:
-    """msgpack.unpackb with the limits for untrusted input (raises the library's errors).
+    """msgpack.unpackb with the limits for untrusted input.
 
-    No bin or ext values, string map keys only, containers of at most 4096 items, no
-    string longer than the payload itself.
+    No bin or ext value anywhere (not even an empty one, as a value, a key, nested or
+    under an unknown key), string map keys only, containers of at most 4096 items, at
+    most 1024 nested containers, no string longer than the payload itself.
+
+    Raises:
+        ValueError: a ``bin`` or ``ext`` value (besides the library's own errors for
+            malformed or over-limit input).
     """
-    return msgpack.unpackb(
+    # max_bin_len=0 and max_ext_len=0 still let length-0 values through: the ext hook
+    # refuses those exts, and a cheap scan refuses empty bins (``c4 00``, ``c5 00 00``,
+    # ``c6 00 00 00 00``): only a payload holding a bin marker byte anywhere (rare: never
+    # in ASCII or CJK text) pays for the walk of the decoded value.
+    obj = msgpack.unpackb(
         data,
         raw=False,
         strict_map_key=True,
@@ -131,7 +140,37 @@ def unpack_untrusted(data: bytes) -> Any:
         max_array_len=_MAX_ITEMS,
         max_map_len=_MAX_ITEMS,
         max_str_len=len(data),
+        ext_hook=_refuse_ext,
     )
+    if (0xC4 in data or 0xC5 in data or 0xC6 in data) and _holds_bytes(obj):
+        raise ValueError("bin values are not part of the protocol")
+    return obj
+
+
+def _refuse_ext(code: int, data: bytes) -> NoReturn:
+    raise ValueError(f"ext values are not part of the protocol (type {code})")
+
+
+def _holds_bytes(obj: Any) -> bool:
+    """Whether a decoded value holds ``bytes`` anywhere: as itself, a map key or a value.
+
+    Iterative, so a value nested as deep as the decoder allows needs no recursion.
+    """
+    stack = [obj]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value = pop()
+        kind = type(value)
+        if kind is bytes:
+            return True
+        if kind is dict:
+            for k, v in value.items():
+                if type(k) is bytes:
+                    return True
+                push(v)
+        elif kind is list:
+            stack.extend(value)
+    return False
 
 
 def _msgpack_container_header(n: int, small: int, b16: int, b32: int) -> bytes:
@@ -146,8 +185,8 @@ class MsgpackCodec(Codec):
     """MessagePack (the production codec), via the ``msgpack`` C extension.
 
     Maps have string keys; strings are UTF-8 ``str`` types, never ``bin``; integers use
-    their shortest form. Extension types, binary strings and non-string map keys are not
-    part of the protocol and are rejected as malformed or invalid.
+    their shortest form. Extension types, binary strings (even empty ones, anywhere in the
+    message) and non-string map keys are not part of the protocol: malformed (close 1007).
     """
 
     name = "msgpack"

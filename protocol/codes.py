@@ -40,5 +40,9 @@ class ErrorCode(enum.StrEnum):
     NOT_JOINED = "not_joined"  # command for a room the connection has not joined
     TOO_MANY_ROOMS = "too_many_rooms"
     READ_ONLY = "read_only"  # anonymous viewers cannot comment or like
-    RATE_LIMITED = "rate_limited"  # comments faster than the server's per-connection rate
+    RATE_LIMITED = "rate_limited"  # a command over its per-connection budget (rate limits)
     INTERNAL = "internal"
+    TOKEN_INVALID = "token_invalid"  # a refused ``refresh``: bad token, or another user's
+    TOKEN_EXPIRED = "token_expired"  # a refused ``refresh``: the new token already expired
+    ROOMS_FULL = "rooms_full"  # the node holds its maximum number of rooms; retry later
+    ROOM_NOT_LIVE = "room_not_live"  # anonymous join of a room the node does not hold

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_RID_LENGTH",
     "MAX_ROOM_LENGTH",
     "MAX_TEXT_LENGTH",
+    "MAX_TOKEN_LENGTH",
     "OFFSET_EVENT_TYPES",
     "PROTOCOL_VERSION",
     "ROOM_EVENT_TYPES",
@@ -54,6 +55,8 @@ __all__ = [
     "Pong",
     "Product",
     "Purchase",
+    "Refresh",
+    "Refreshed",
     "Rid",
     "RoomEvent",
     "SaleClosed",
@@ -72,6 +75,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 MAX_ROOM_LENGTH = 64
 MAX_RID_LENGTH = 64
+MAX_TOKEN_LENGTH = 16384  # a ``refresh`` token; the message size limit applies as well
 MAX_TEXT_LENGTH = 2000  # protocol ceiling; servers configure a lower comment limit
 MAX_INT = 2**53 - 1  # largest integer every client language (JavaScript) holds exactly
 MAX_ATTRS = 32  # most entries in an ``attrs`` map (``Product.extra``)
@@ -81,7 +85,7 @@ MAX_ATTR_TEXT_LENGTH = 1000
 Rid = str | int
 AttrValue = str | int | bool
 Attrs = tuple[tuple[str, AttrValue], ...]
-Kind = Literal["str", "int", "bool", "rid", "events", "product", "sale", "attrs"]
+Kind = Literal["str", "room", "int", "bool", "rid", "events", "product", "sale", "attrs"]
 
 BUY_STATUSES = ("ok", "sold_out", "limit_reached", "not_open", "error")
 SALE_STATUSES = ("scheduled", "open", "sold_out", "closed", "ended")
@@ -95,7 +99,8 @@ class Field:
     Args:
         attr: attribute name on the dataclass.
         key: key in the wire map.
-        kind: ``str``, ``int``, ``bool``, ``rid`` (request id: str or int), ``events``
+        kind: ``str``, ``room`` (a room name under :func:`protocol.names.valid_room_name`;
+            ``lo``/``hi`` unused), ``int``, ``bool``, ``rid`` (request id: str or int), ``events``
             (a list of room events), ``product`` (a :class:`Product` map), ``sale`` (a
             :class:`SaleInfo` map) or ``attrs`` (a map of str keys to str, int or bool
             values, held as a tuple of ``(key, value)`` pairs in wire order).
@@ -120,6 +125,9 @@ class Field:
 
 RID = Field("rid", "rid", "rid", required=False)
 ROOM = Field("room", "room", "str", lo=1, hi=MAX_ROOM_LENGTH)
+# ``join`` alone checks the room-name rule: a name no connection can have joined gets
+# ``not_joined`` from the server in every other command (SPEC.md §4.9).
+ROOM_NAME = Field("room", "room", "room", lo=1, hi=MAX_ROOM_LENGTH)
 TS = Field("ts", "ts", "int")
 OFFSET = Field("offset", "off", "int")
 SALE_ID = Field("sale_id", "sale", "str", lo=1, hi=64)
@@ -187,7 +195,7 @@ class Join:
 
     TYPE: ClassVar[str] = "join"
     SCHEMA: ClassVar[tuple[Field, ...]] = (
-        ROOM,
+        ROOM_NAME,
         Field("offset", "off", "int", required=False),
         Field("epoch", "ep", "str", required=False, lo=1, hi=32),
         RID,
@@ -268,6 +276,23 @@ class Buy:
     qty: int = 1
     rid: Rid
     retry: bool | None = None  # true: a resend of an attempt whose answer was lost
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refresh:
+    """Hand the server a fresh token for the same user before the current one expires.
+
+    Answered by ``refreshed`` (the new token is in force) or by ``error``
+    (``token_invalid``, ``token_expired``, ``forbidden_room``: the old token stays in force).
+    """
+
+    TYPE: ClassVar[str] = "refresh"
+    SCHEMA: ClassVar[tuple[Field, ...]] = (
+        Field("token", "token", "str", lo=1, hi=MAX_TOKEN_LENGTH),
+        RID,
+    )
+    token: str
+    rid: Rid | None = None
 
 
 # --- room events (inside batch and joined) -------------------------------------------
@@ -446,6 +471,7 @@ class Welcome:
         Field("role", "role", "str", lo=1, hi=16),
         Field("heartbeat_ms", "hb", "int"),
         Field("server_time", "now", "int"),
+        Field("expires", "exp", "int", required=False),
     )
     version: int = PROTOCOL_VERSION
     session: str
@@ -454,6 +480,7 @@ class Welcome:
     role: str
     heartbeat_ms: int
     server_time: int
+    expires: int | None = None  # unix ms at which the token expires; None: anonymous
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -569,15 +596,25 @@ class BuyResult:
     msg: str | None = None  # human-readable reason; always set for error
 
 
-ClientMessage = Join | Leave | SendComment | Like | Ping | Buy
-ServerMessage = Welcome | Joined | Left | Batch | Ack | Error | Pong | BuyResult
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refreshed:
+    """Answer to ``refresh``: the new token is in force until ``expires``."""
+
+    TYPE: ClassVar[str] = "refreshed"
+    SCHEMA: ClassVar[tuple[Field, ...]] = (Field("expires", "exp", "int"), RID)
+    expires: int  # unix ms at which the new token expires
+    rid: Rid | None = None
+
+
+ClientMessage = Join | Leave | SendComment | Like | Ping | Buy | Refresh
+ServerMessage = Welcome | Joined | Left | Batch | Ack | Error | Pong | BuyResult | Refreshed
 Message = ClientMessage | ServerMessage | RoomEvent
 
 CLIENT_TYPES: dict[str, type[ClientMessage]] = {
-    cls.TYPE: cls for cls in (Join, Leave, SendComment, Like, Ping, Buy)
+    cls.TYPE: cls for cls in (Join, Leave, SendComment, Like, Ping, Buy, Refresh)
 }
 SERVER_TYPES: dict[str, type[ServerMessage]] = {
-    cls.TYPE: cls for cls in (Welcome, Joined, Left, Batch, Ack, Error, Pong, BuyResult)
+    cls.TYPE: cls for cls in (Welcome, Joined, Left, Batch, Ack, Error, Pong, BuyResult, Refreshed)
 }
 OFFSET_EVENT_TYPES: dict[str, type[OffsetEvent]] = {
     cls.TYPE: cls

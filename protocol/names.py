@@ -16,7 +16,7 @@ import re
 import unicodedata
 from typing import Final
 
-__all__ = ["MAX_ROOM_NAME_LENGTH", "ROOM_NAME_RULE", "valid_room_name"]
+__all__ = ["ASCII_ROOM_NAME", "MAX_ROOM_NAME_LENGTH", "ROOM_NAME_RULE", "valid_room_name"]
 
 MAX_ROOM_NAME_LENGTH: Final = 64
 ROOM_NAME_RULE: Final = (
@@ -25,7 +25,9 @@ ROOM_NAME_RULE: Final = (
 )
 """The rule in words, for error messages."""
 
-_ASCII = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+ASCII_ROOM_NAME: Final = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+"""The rule for ASCII strings as one pattern: ``fullmatch`` succeeds exactly for the ASCII
+room names (for quick checks inlined on hot paths; other names need :func:`valid_room_name`)."""
 _PUNCTUATION = frozenset("_.:-")
 _CATEGORIES = frozenset("LMN")  # first letter of the Unicode general category
 
@@ -35,7 +37,5 @@ def valid_room_name(name: object) -> bool:
     if not isinstance(name, str) or not 0 < len(name) <= MAX_ROOM_NAME_LENGTH:
         return False
     if name.isascii():
-        return _ASCII.fullmatch(name) is not None
-    return all(
-        ch in _PUNCTUATION or unicodedata.category(ch)[0] in _CATEGORIES for ch in name
-    )
+        return ASCII_ROOM_NAME.fullmatch(name) is not None
+    return all(ch in _PUNCTUATION or unicodedata.category(ch)[0] in _CATEGORIES for ch in name)

@@ -6,7 +6,8 @@ then the schema's fields in order, ``None`` optionals left out; nested values su
 ``from_wire`` checks a decoded map against the schema of its type and builds the
 message; it raises only :class:`~protocol.errors.ProtocolError` subclasses, whatever the
 map holds. Unknown keys are ignored (in nested maps too), and so are events of unknown
-type inside an event list (``ev``, ``recent``): both may be added within v1.
+type inside an event list (``ev``, ``recent``): both may be added within v1. Fields of kind
+``room`` (``join.room``) follow the one room-name rule of :mod:`protocol.names`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from protocol.messages import (
     RoomEvent,
     SaleInfo,
 )
+from protocol.names import ASCII_ROOM_NAME, ROOM_NAME_RULE, valid_room_name
 
 __all__ = ["event_from_wire", "from_wire", "to_wire"]
 
@@ -55,7 +57,7 @@ def to_wire(message: Message) -> dict[str, Any]:
     return _put_fields(message, {"t": message.TYPE})
 
 
-_SCALAR_KINDS = frozenset({"str", "int", "bool", "rid"})
+_SCALAR_KINDS = frozenset({"str", "room", "int", "bool", "rid"})
 _FLAT_ENCODERS: dict[type, Callable[[Any], dict[str, Any]] | None] = {}
 
 
@@ -125,6 +127,12 @@ def _check(f: Field, value: Any, rid: Rid | None, prefix: str = "") -> Any:
             raise InvalidField(
                 f"{key}: length must be {f.lo}..{f.hi}, got {len(value)}", field=key, rid=rid
             )
+        return value
+    if f.kind == "room":
+        if not isinstance(value, str):
+            raise InvalidField(f"{key}: expected a string", field=key, rid=rid)
+        if not valid_room_name(value):
+            raise InvalidField(f"{key}: must be {ROOM_NAME_RULE}", field=key, rid=rid)
         return value
     if f.kind == "int":
         if not isinstance(value, int) or isinstance(value, bool):
@@ -225,6 +233,8 @@ def _fast_test(f: Field, i: int) -> str:
         return f"type(v) is str and v in C{i}"
     if f.kind == "str":
         return f"type(v) is str and {f.lo} <= len(v) <= {f.hi}"
+    if f.kind == "room":  # one C-level regex match for ASCII names; others ask _check
+        return "type(v) is str and ROOM_ASCII(v) is not None"
     if f.kind == "int":
         return f"type(v) is int and {f.lo} <= v <= {f.hi}"
     if f.kind == "bool":
@@ -247,7 +257,12 @@ def _builder(cls: type) -> Callable[[dict[str, Any], Rid | None, str], Any]:
     to :func:`_check`, the one place that explains errors.
     """
     schema: tuple[Field, ...] = cls.SCHEMA  # type: ignore[attr-defined]
-    namespace: dict[str, Any] = {"cls": cls, "_check": _check, "_missing": _missing}
+    namespace: dict[str, Any] = {
+        "cls": cls,
+        "_check": _check,
+        "_missing": _missing,
+        "ROOM_ASCII": ASCII_ROOM_NAME.fullmatch,
+    }
     lines = ["def build(obj, rid, prefix):", "    kw = {}"]
     for i, f in enumerate(schema):
         namespace[f"F{i}"] = f

@@ -43,6 +43,8 @@ from protocol import (
     Product,
     ProtocolError,
     Purchase,
+    Refresh,
+    Refreshed,
     RoomEvent,
     SaleClosed,
     SaleInfo,
@@ -61,12 +63,14 @@ from protocol.messages import (
     BUY_STATUSES,
     CLIENT_TYPES,
     MAX_INT,
+    MAX_TOKEN_LENGTH,
     ROOM_EVENT_TYPES,
     SALE_CLOSE_REASONS,
     SALE_STATUSES,
     SERVER_TYPES,
     Field,
 )
+from protocol.names import ROOM_NAME_RULE
 from protocol.wire import event_from_wire, to_wire
 
 CODECS = [MSGPACK, JSON]
@@ -398,6 +402,116 @@ def test_json_integer_beyond_64_bits_is_invalid_field() -> None:
         JSON.decode_client(b'{"t":"join","room":"r","off":100000000000000000000}')
 
 
+@codecs
+@pytest.mark.parametrize(
+    "room",
+    [
+        "live 42",  # space
+        "live/42",
+        "live\x0042",  # NUL
+        "live\x7f",
+        "live\u202e24",  # right-to-left override
+        "\u200elive",  # left-to-right mark
+        "live\u2066",  # left-to-right isolate
+        "{live}",  # braces: a Redis hash tag
+        "直播🔥",  # emoji
+        "price$",  # symbol
+        "é" * 65,
+    ],
+)
+def test_join_room_outside_the_room_name_rule_is_invalid_field(codec: Codec, room: str) -> None:
+    data = dumps(codec, {"t": "join", "room": room, "rid": 5})
+    with pytest.raises(InvalidField) as info:
+        codec.decode_client(data)
+    assert (info.value.field, info.value.rid, info.value.close_code) == ("room", 5, None)
+    assert ROOM_NAME_RULE in str(info.value)
+
+
+@codecs
+@pytest.mark.parametrize(
+    "room", ["live-42", "直播间-1", "a_b.c:d-E9", "é" * 64, "e\u0301", "Ünïcödé", "٣٤"]
+)
+def test_join_room_under_the_room_name_rule_is_accepted(codec: Codec, room: str) -> None:
+    assert codec.decode_client(dumps(codec, {"t": "join", "room": room})) == Join(room=room)
+
+
+@codecs
+def test_only_join_checks_the_room_name_rule(codec: Codec) -> None:
+    # Other commands check the length only: the server answers not_joined for such a room.
+    room = "live 42 🔥"
+    assert codec.decode_client(dumps(codec, {"t": "leave", "room": room})) == Leave(room=room)
+    assert codec.decode_client(dumps(codec, {"t": "like", "room": room})) == Like(room=room)
+    with pytest.raises(InvalidField):
+        codec.decode_client(dumps(codec, {"t": "join", "room": room}))
+
+
+def test_join_room_check_is_one_kind_used_by_join_only() -> None:
+    kinds = {
+        cls: f.kind
+        for cls in (*CLIENT_TYPES.values(), *SERVER_TYPES.values())
+        for f in cls.SCHEMA
+        if f.key == "room"
+    }
+    assert {cls for cls, kind in kinds.items() if kind == "room"} == {Join}
+
+
+# --- refresh, refreshed and welcome.exp ------------------------------------------------
+
+
+@codecs
+def test_refresh_carries_a_token_of_1_to_16384_chars(codec: Codec) -> None:
+    for token in ("t", "t" * MAX_TOKEN_LENGTH):
+        data = dumps(codec, {"t": "refresh", "token": token, "rid": 1})
+        assert codec.decode_client(data) == Refresh(token=token, rid=1)
+    for bad in ("", "t" * (MAX_TOKEN_LENGTH + 1), 7, None):
+        with pytest.raises(InvalidField) as info:
+            codec.decode_client(dumps(codec, {"t": "refresh", "token": bad, "rid": 1}))
+        assert (info.value.field, info.value.rid) == ("token", 1)
+
+
+@codecs
+def test_refreshed_carries_the_new_expiry(codec: Codec) -> None:
+    message = Refreshed(expires=1_732_503_600_000, rid="r-1")
+    assert to_wire(message) == {"t": "refreshed", "exp": 1_732_503_600_000, "rid": "r-1"}
+    assert codec.decode_server(codec.encode(message)) == message
+    with pytest.raises(InvalidField) as info:
+        codec.decode_server(dumps(codec, {"t": "refreshed", "rid": 1}))
+    assert info.value.field == "exp"
+
+
+def test_refresh_and_refreshed_travel_in_their_own_direction_only() -> None:
+    with pytest.raises(UnknownMessageType):
+        MSGPACK.decode_server(MSGPACK.encode(Refresh(token="t")))
+    with pytest.raises(UnknownMessageType):
+        MSGPACK.decode_client(MSGPACK.encode(Refreshed(expires=1)))
+
+
+@codecs
+def test_welcome_exp_is_optional_and_written_last(codec: Codec) -> None:
+    base = Welcome(session="s", user_id="u", name="n", role="viewer", heartbeat_ms=1, server_time=2)
+    assert base.expires is None and "exp" not in to_wire(base)
+    with_exp = Welcome(
+        session="s",
+        user_id="u",
+        name="n",
+        role="viewer",
+        heartbeat_ms=1,
+        server_time=2,
+        expires=3,
+    )
+    assert list(to_wire(with_exp))[-1] == "exp"
+    assert codec.decode_server(codec.encode(with_exp)) == with_exp
+    with pytest.raises(InvalidField):
+        codec.decode_server(dumps(codec, {**to_wire(base), "exp": -1}))
+
+
+def test_refresh_error_codes_exist() -> None:
+    assert ErrorCode.TOKEN_INVALID.value == "token_invalid"
+    assert ErrorCode.TOKEN_EXPIRED.value == "token_expired"
+    assert ErrorCode.ROOMS_FULL.value == "rooms_full"
+    assert ErrorCode.ROOM_NOT_LIVE.value == "room_not_live"
+
+
 # --- msgpack specifics ----------------------------------------------------------------
 
 
@@ -407,9 +521,46 @@ def test_msgpack_bin_and_ext_types_are_rejected() -> None:
             MSGPACK.decode_client(pack({"t": "comment", "room": ROOM, "text": value}))
     with pytest.raises(MalformedMessage):
         MSGPACK.decode_client(pack({"t": b"ping"}))
-    # A zero-length bin passes the decoder's size limit but is no string: invalid field.
-    with pytest.raises(InvalidField):
+    # A zero-length bin passes the decoder's size limit, and is still malformed.
+    with pytest.raises(MalformedMessage):
         MSGPACK.decode_client(pack({"t": "comment", "room": ROOM, "text": b""}))
+
+
+PING_X = b"\x82\xa1t\xa4ping\xa1x"  # {"t": "ping", "x": …}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pack({"t": "ping", "rid": b""}),  # value of a known key
+        pack({"t": "ping", "x": b""}),  # value of an unknown key
+        pack({"t": "ping", b"": 1}),  # map key
+        pack({"t": "ping", "x": [1, {"y": [b""]}]}),  # nested under an unknown key
+        pack({"t": "ping", "x": [{b"": 1}]}),  # nested map key
+        pack({"t": "join", "room": ROOM, "x": {"y": b""}}),
+        PING_X + b"\xc5\x00\x00",  # bin16 of length 0
+        PING_X + b"\xc6\x00\x00\x00\x00",  # bin32 of length 0
+        PING_X + b"\xc7\x00\x01",  # ext8 of length 0
+        PING_X + b"\xc7\x00\xff",  # ext8 of length 0, the timestamp type
+        PING_X + b"\xc8\x00\x00\x05",  # ext16 of length 0
+        PING_X + b"\xd4\x01\x00",  # fixext1
+        b"\xc4\x00",
+    ],
+    ids=lambda data: data.hex(),
+)
+def test_msgpack_empty_bin_and_ext_anywhere_are_malformed(data: bytes) -> None:
+    for decode in (MSGPACK.decode_client, MSGPACK.decode_server):
+        with pytest.raises(MalformedMessage) as info:
+            decode(data)
+        assert info.value.close_code == CloseCode.INVALID_PAYLOAD
+
+
+def test_msgpack_bin_marker_bytes_inside_strings_and_integers_are_accepted() -> None:
+    # 0xc4..0xc6 bytes that are no bin header (UTF-8 of "Ą", a uint16) cost a walk, no error.
+    text = "Ąń Ćę"
+    assert MSGPACK.decode_client(pack({"t": "comment", "room": ROOM, "text": text, "rid": 0xC400}))
+    nested = PING_X + b"\x91" * 1021 + b"\x92\xa2\xc4\x84\xcd\xc5\x00"  # 1024 deep, Ą, 0xc500
+    assert MSGPACK.decode_client(nested) == Ping()
 
 
 def test_msgpack_non_string_map_keys_are_malformed() -> None:
@@ -461,6 +612,22 @@ def test_msgpack_containers_over_4096_items_are_malformed() -> None:
     with pytest.raises(MalformedMessage):
         MSGPACK.decode_client(pack({"t": "ping", "x": [None] * 4097}))
     assert MSGPACK.decode_client(pack({"t": "ping", "x": [None] * 4096})) == Ping()
+
+
+def _nested_ping(codec: Codec, depth: int) -> bytes:
+    """A ``ping`` whose unknown key holds nested arrays: ``depth`` containers in all."""
+    arrays = depth - 1
+    if codec is MSGPACK:
+        return PING_X + b"\x91" * (arrays - 1) + b"\x90"
+    return b'{"t":"ping","x":' + b"[" * arrays + b"]" * arrays + b"}"
+
+
+@codecs
+def test_nesting_depth_is_at_most_1024_containers_counting_the_message(codec: Codec) -> None:
+    assert len(_nested_ping(codec, 1025)) < 4096
+    assert codec.decode_client(_nested_ping(codec, 1024)) == Ping()
+    with pytest.raises(MalformedMessage):
+        codec.decode_client(_nested_ping(codec, 1025))
 
 
 @codecs
@@ -757,10 +924,10 @@ def test_nested_value_that_is_not_a_map_is_invalid_field(codec: Codec, bad: Any)
         codec.decode_server(dumps(codec, {"t": "batch", "room": ROOM, "ev": [event]}))
 
 
-def test_msgpack_bin_in_attrs_is_invalid_field() -> None:
+def test_msgpack_bin_in_attrs_is_malformed() -> None:
     for extra in ({b"": 1}, {"k": b""}):
         wire = {**to_wire(joined(pin=PRODUCT)), "pin": {**to_wire_product(), "extra": extra}}
-        with pytest.raises(InvalidField):
+        with pytest.raises(MalformedMessage):
             MSGPACK.decode_server(pack(wire))
 
 
@@ -864,6 +1031,11 @@ def _fields(obj: Any) -> dict[str, Any]:
 # --- properties -------------------------------------------------------------------------
 
 RIDS = st.one_of(st.text(max_size=64), st.integers(-MAX_INT, MAX_INT))
+ROOM_NAMES = st.text(
+    st.one_of(st.characters(categories=("L", "M", "N")), st.sampled_from("_.:-")),
+    min_size=1,
+    max_size=64,
+)
 ATTR_VALUES = st.one_of(
     st.text(max_size=1000),
     st.integers(-MAX_INT, MAX_INT),
@@ -877,6 +1049,8 @@ def _value(f: Field) -> st.SearchStrategy[Any]:
         if f.choices:
             return st.sampled_from(f.choices)
         return st.text(min_size=f.lo, max_size=f.hi)
+    if f.kind == "room":
+        return ROOM_NAMES
     if f.kind == "int":
         return st.one_of(st.integers(f.lo, f.hi), st.sampled_from([f.lo, f.hi]))
     if f.kind == "bool":
@@ -910,6 +1084,7 @@ SERVER_MESSAGES = st.one_of([messages(cls) for cls in SERVER_TYPES.values()])
 
 def test_strategies_cover_every_message_type() -> None:
     covered = {Join, Leave, SendComment, Like, Ping, Buy, Welcome, Joined, Left, Batch, Ack}
+    covered |= {Refresh, Refreshed}
     covered |= {Error, Pong, BuyResult, Comment, Likes, Viewers, SystemMessage, Pinned}
     covered |= {Unpinned, SaleOpened, SaleClosed, SoldOut, Purchase, Stock}
     assert covered == {*CLIENT_TYPES.values(), *SERVER_TYPES.values(), *ROOM_EVENT_TYPES.values()}

@@ -2,10 +2,12 @@
 
 Every valid vector encodes to exactly its bytes in both codecs and decodes back to the
 same typed message; every invalid vector is refused with the named error (client payloads
-by ``decode_client``, server payloads by ``decode_server``); the generator, run afresh,
-reproduces the committed files byte for byte; SPEC.md's field tables (messages, events and
-the nested ``product`` and ``sale`` values) equal the schemas and its example exchange
-equals what the codecs produce.
+by ``decode_client``, server payloads by ``decode_server``) and its ``outcome`` is what a
+default server does (the 4096-byte size limit first, then the error); every edge vector is
+accepted as the message it names; the generator, run afresh, reproduces the committed
+files byte for byte; SPEC.md's field tables (messages, events and the nested ``product``
+and ``sale`` values) equal the schemas and its example exchange equals what the codecs
+produce.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ INVALID: list[dict[str, Any]] = json.loads((VECTORS_DIR / "invalid.json").read_t
 INVALID_SERVER: list[dict[str, Any]] = json.loads(
     (VECTORS_DIR / "invalid_server.json").read_text("utf-8")
 )
+EDGE: list[dict[str, Any]] = json.loads((VECTORS_DIR / "edge.json").read_text("utf-8"))
+DEFAULT_MAX_MESSAGE_SIZE = 4096  # SPEC §12: the websocket layer refuses more, with 1009
 TYPED: dict[str, Message] = {name: message for name, _, message in GENERATOR.VALID}
 
 
@@ -84,12 +88,14 @@ def test_generator_reproduces_the_committed_files() -> None:
     assert GENERATOR.render_invalid_server() == (VECTORS_DIR / "invalid_server.json").read_text(
         "utf-8"
     )
+    assert GENERATOR.render_edge() == (VECTORS_DIR / "edge.json").read_text("utf-8")
 
 
 def test_vector_names_are_unique() -> None:
     assert len({v["name"] for v in VALID}) == len(VALID)
     assert len({(v["codec"], v["name"]) for v in INVALID}) == len(INVALID)
     assert len({(v["codec"], v["name"]) for v in INVALID_SERVER}) == len(INVALID_SERVER)
+    assert len({(v["codec"], v["name"]) for v in EDGE}) == len(EDGE)
 
 
 def test_vectors_cover_every_message_and_event_type() -> None:
@@ -190,6 +196,82 @@ def test_invalid_vector_is_refused_with_the_named_error(vector: dict[str, Any]) 
     assert type(info.value) is expected
 
 
+# What a default server does with each error class (SPEC.md §15).
+OUTCOMES = {
+    "MalformedMessage": "close 1007",
+    "UnknownMessageType": "close 4003",
+    "InvalidField": "error invalid_field",
+}
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=_ids(INVALID))
+def test_invalid_vector_outcome_is_the_size_limit_then_the_decoder(vector: dict[str, Any]) -> None:
+    size = len(bytes.fromhex(vector["hex"]))
+    expected = "close 1009" if size > DEFAULT_MAX_MESSAGE_SIZE else OUTCOMES[vector["error"]]
+    assert vector["outcome"] == expected
+
+
+def test_invalid_vectors_show_limits_a_default_server_never_reaches() -> None:
+    # 4097 items cannot fit in 4096 bytes: the size limit answers first.
+    outcomes = {(v["codec"], v["name"]): v["outcome"] for v in INVALID}
+    assert outcomes["msgpack", "array_over_4096_items"] == "close 1009"
+    assert outcomes["msgpack", "nesting_1025_containers"] == "close 1007"
+    assert outcomes["json", "nesting_1025_containers"] == "close 1007"
+    assert {v["outcome"] for v in INVALID} == {*OUTCOMES.values(), "close 1009"}
+
+
+def test_msgpack_empty_bin_and_ext_vectors_close_1007() -> None:
+    outcomes = {v["name"]: (v["error"], v["outcome"]) for v in INVALID if v["codec"] == "msgpack"}
+    for name in (
+        "empty_bin_value",
+        "empty_bin16_value",
+        "empty_bin32_value",
+        "empty_bin_map_key",
+        "empty_bin_under_unknown_key",
+        "empty_bin_nested_under_unknown_key",
+        "empty_bin_nested_map_key",
+        "empty_ext8_value",
+        "empty_ext8_timestamp_type",
+        "fixext1_value",
+        "comment_text_empty_bin",
+    ):
+        assert outcomes[name] == ("MalformedMessage", "close 1007"), name
+
+
+def test_invalid_vectors_hold_join_rooms_outside_the_room_name_rule() -> None:
+    rooms = {
+        MSGPACK.loads(bytes.fromhex(v["hex"]))["room"]
+        for v in INVALID
+        if v["codec"] == "msgpack" and v["name"].startswith("join_room_with")
+    }
+    rooms |= {
+        MSGPACK.loads(bytes.fromhex(v["hex"]))["room"]
+        for v in INVALID
+        if v["codec"] == "msgpack" and v["name"] == "join_room_emoji"
+    }
+    assert {" ", "/", "\x00", "\u202e", "🔥"} <= {ch for room in rooms for ch in room}
+
+
+@pytest.mark.parametrize("vector", EDGE, ids=_ids(EDGE))
+def test_edge_vector_is_accepted_as_its_message(vector: dict[str, Any]) -> None:
+    payload = bytes.fromhex(vector["hex"])
+    assert len(payload) <= DEFAULT_MAX_MESSAGE_SIZE
+    decoded = CODECS[vector["codec"]].decode_client(payload)
+    assert _typed(to_wire(decoded)) == _typed(vector["message"])
+
+
+def test_edge_vectors_cover_repeated_keys_depth_and_epoch_without_offset() -> None:
+    seen = {(v["codec"], v["name"]) for v in EDGE}
+    for name in (
+        "repeated_key_last_value_wins",
+        "nesting_1024_containers",
+        "join_epoch_without_offset",
+    ):
+        assert {(c, name) for c in CODECS} <= seen
+    repeated = [v for v in EDGE if v["name"] == "repeated_key_last_value_wins"]
+    assert all(v["message"]["n"] == 3 for v in repeated)
+
+
 @pytest.mark.parametrize("vector", INVALID_SERVER, ids=_ids(INVALID_SERVER))
 def test_invalid_server_vector_is_refused_with_the_named_error(vector: dict[str, Any]) -> None:
     expected: type[errors.ProtocolError] = getattr(errors, vector["error"])
@@ -225,6 +307,8 @@ def _spec_tables(section_heading: str) -> dict[str, list[tuple[str, ...]]]:
 
 def _schema_rows(cls: type[Any]) -> list[tuple[str, ...]]:
     def bounds(f: Field) -> str:
+        if f.kind == "room":
+            return "§4.9"
         if f.kind == "str":
             return f"one of: {', '.join(f.choices)}" if f.choices else f"{f.lo}..{f.hi} chars"
         if f.kind == "int":
@@ -303,3 +387,16 @@ def test_spec_lists_every_error_code() -> None:
 
 def test_spec_lists_every_close_code() -> None:
     assert {str(int(code)) for code in CloseCode} <= _first_column("## 11.")
+
+
+def test_spec_lists_the_vector_files() -> None:
+    section = SPEC.split("## 15.", 1)[1]
+    for path in sorted(VECTORS_DIR.glob("*.json")):
+        assert f"`protocol/vectors/{path.name}`" in section
+    assert "`outcome`" in section
+
+
+def test_spec_lists_what_was_added_within_v1() -> None:
+    added = SPEC.split("- Added within v1:", 1)[1].split("\n\n", 1)[0]
+    for name in ("`refresh`", "`refreshed`", "`welcome.exp`", "`rooms_full`", "`room_not_live`"):
+        assert name in added

@@ -1,4 +1,4 @@
-"""Generate the protocol v1 test vectors: ``v1.json`` (valid) and ``invalid.json`` (refused).
+"""Generate the protocol v1 test vectors: valid, refused (``invalid*.json``) and edge cases.
 
 Run from the repository root::
 
@@ -8,9 +8,13 @@ Run from the repository root::
 Every vector in ``v1.json`` pairs one message with its exact bytes in both codecs, so a
 client library in any language can check its encoder byte for byte and its decoder value
 for value. ``invalid.json`` lists payloads a decoder of client messages must refuse, with
-the error class the reference decoder raises; ``invalid_server.json`` does the same for a
-decoder of server messages (what a client library must refuse). The files are generated,
-never edited: ``tests/test_protocol_vectors.py`` fails when they drift from this script.
+the error class the reference decoder raises and what a server in its default
+configuration does with it (``outcome``: the 4096-byte message size limit comes first);
+``invalid_server.json`` does the same for a decoder of server messages (what a client
+library must refuse). ``edge.json`` lists accepted payloads a plain encoder would never
+write (repeated keys, the deepest nesting allowed, ``ep`` without ``off``) with the
+message the reference decoder makes of them. The files are generated, never edited:
+``tests/test_protocol_vectors.py`` fails when they drift from this script.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from typing import Any, Literal
 
 import msgpack
 
-from protocol.codec import JSON, MSGPACK
+from protocol.codec import JSON, MSGPACK, Codec
+from protocol.errors import ProtocolError
 from protocol.messages import (
     Ack,
     Batch,
@@ -44,6 +49,8 @@ from protocol.messages import (
     Pong,
     Product,
     Purchase,
+    Refresh,
+    Refreshed,
     SaleClosed,
     SaleInfo,
     SaleOpened,
@@ -58,10 +65,14 @@ from protocol.messages import (
 from protocol.wire import to_wire
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "EDGE",
     "INVALID",
     "INVALID_SERVER",
     "VALID",
     "main",
+    "outcome",
+    "render_edge",
     "render_invalid",
     "render_invalid_server",
     "render_valid",
@@ -71,6 +82,10 @@ HERE = Path(__file__).resolve().parent
 VALID_PATH = HERE / "v1.json"
 INVALID_PATH = HERE / "invalid.json"
 INVALID_SERVER_PATH = HERE / "invalid_server.json"
+EDGE_PATH = HERE / "edge.json"
+
+DEFAULT_MAX_MESSAGE_SIZE = 4096  # bytes: a server's default client message limit (SPEC §12)
+MAX_DEPTH = 1024  # nested containers both reference decoders accept, the message map included
 
 Direction = Literal["client", "server", "event"]
 
@@ -147,6 +162,8 @@ VALID: list[tuple[str, Direction, Message]] = [
         Buy(room=ROOM, sale=SALE_ID, qty=100, rid="3f2b8c1e-5d4a-4e6f-9a7b-1c2d3e4f5a6b"),
     ),
     ("buy_zero_rid", "client", Buy(room="直播间-1", sale="秒杀-1", rid=0)),
+    ("refresh", "client", Refresh(token="v1.eyJ1aWQiOiJ1LTEwMDEifQ.c2lnbmF0dXJl")),
+    ("refresh_string_rid", "client", Refresh(token="v1.e30.c2ln", rid="r-1")),
     # server to client
     (
         "welcome",
@@ -158,6 +175,19 @@ VALID: list[tuple[str, Direction, Message]] = [
             role="viewer",
             heartbeat_ms=20000,
             server_time=NOW,
+        ),
+    ),
+    (
+        "welcome_with_token_expiry",
+        "server",
+        Welcome(
+            session="s-8f2d",
+            user_id="u-1001",
+            name="小明",
+            role="viewer",
+            heartbeat_ms=20000,
+            server_time=NOW,
+            expires=NOW + 3_600_000,
         ),
     ),
     (
@@ -358,6 +388,8 @@ VALID: list[tuple[str, Direction, Message]] = [
         BuyResult(rid=BIG, sale=SALE_ID, status="error", qty=1, msg="try again"),
     ),
     ("buy_result_minimal", "server", BuyResult(rid=0, sale=SALE_ID, status="sold_out")),
+    ("refreshed", "server", Refreshed(expires=NOW + 7_200_000)),
+    ("refreshed_string_rid", "server", Refreshed(expires=NOW + 7_200_000, rid="r-1")),
     # room events, as they appear inside batch.ev and joined.recent
     ("event_comment_chinese", "event", C1),
     ("event_comment_emoji", "event", C2),
@@ -422,6 +454,28 @@ def _without(wire: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 BUY_WIRE = to_wire(Buy(room=ROOM, sale=SALE_ID, qty=1, rid="b-1"))
+PING_HEAD = b"\x82\xa1t\xa4ping\xa1x"  # msgpack {"t": "ping", "x": …} up to the value of x
+
+
+def _jd(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _both(name: str, obj: Any, error: str) -> list[tuple[str, str, bytes, str]]:
+    """The same invalid map in both codecs."""
+    return [(name, "msgpack", _pack(obj), error), (name, "json", _jd(obj), error)]
+
+
+def _nested(depth: int) -> tuple[bytes, bytes]:
+    """A ``ping`` whose unknown key ``x`` holds nested arrays: ``depth`` containers in all."""
+    arrays = depth - 1  # the message map is the first container
+    packed = PING_HEAD + b"\x91" * (arrays - 1) + b"\x90"
+    text = '{"t":"ping","x":' + "[" * arrays + "]" * arrays + "}"
+    return packed, _j(text)
+
+
+NESTED_MAX = _nested(MAX_DEPTH)
+NESTED_OVER = _nested(MAX_DEPTH + 1)
 
 # (name, codec, payload, error) that decode_client must refuse.
 INVALID: list[tuple[str, str, bytes, str]] = [
@@ -452,6 +506,27 @@ INVALID: list[tuple[str, str, bytes, str]] = [
         _pack({"t": "comment", "room": ROOM, "text": msgpack.ExtType(1, b"hi")}),
         "MalformedMessage",
     ),
+    # msgpack: no bin or ext value anywhere, not even an empty one
+    ("empty_bin_value", "msgpack", _pack({"t": "ping", "rid": b""}), "MalformedMessage"),
+    ("empty_bin16_value", "msgpack", PING_HEAD + b"\xc5\x00\x00", "MalformedMessage"),
+    ("empty_bin32_value", "msgpack", PING_HEAD + b"\xc6\x00\x00\x00\x00", "MalformedMessage"),
+    ("empty_bin_map_key", "msgpack", _pack({"t": "ping", b"": 1}), "MalformedMessage"),
+    ("empty_bin_under_unknown_key", "msgpack", _pack({"t": "ping", "x": b""}), "MalformedMessage"),
+    (
+        "empty_bin_nested_under_unknown_key",
+        "msgpack",
+        _pack({"t": "ping", "x": [1, {"y": [b""]}]}),
+        "MalformedMessage",
+    ),
+    (
+        "empty_bin_nested_map_key",
+        "msgpack",
+        _pack({"t": "ping", "x": [{b"": "y"}]}),
+        "MalformedMessage",
+    ),
+    ("empty_ext8_value", "msgpack", PING_HEAD + b"\xc7\x00\x01", "MalformedMessage"),
+    ("empty_ext8_timestamp_type", "msgpack", PING_HEAD + b"\xc7\x00\xff", "MalformedMessage"),
+    ("fixext1_value", "msgpack", PING_HEAD + b"\xd4\x01\x00", "MalformedMessage"),
     (
         "timestamp_ext_field_value",
         "msgpack",
@@ -468,6 +543,7 @@ INVALID: list[tuple[str, str, bytes, str]] = [
         "MalformedMessage",
     ),
     ("nesting_deeper_than_decoder_stack", "msgpack", b"\x91" * 1100 + b"\xc0", "MalformedMessage"),
+    ("nesting_1025_containers", "msgpack", NESTED_OVER[0], "MalformedMessage"),
     # msgpack: unknown type
     ("unknown_type", "msgpack", _pack({"t": "shout", "rid": 1}), "UnknownMessageType"),
     ("empty_type", "msgpack", _pack({"t": ""}), "UnknownMessageType"),
@@ -498,6 +574,14 @@ INVALID: list[tuple[str, str, bytes, str]] = [
     ("join_room_65_chars", "msgpack", _pack({"t": "join", "room": "r" * 65}), "InvalidField"),
     ("join_room_integer", "msgpack", _pack({"t": "join", "room": 42}), "InvalidField"),
     ("join_room_array", "msgpack", _pack({"t": "join", "room": [ROOM]}), "InvalidField"),
+    # join.room follows the room-name rule (SPEC §4.9); other commands check 1..64 only
+    *_both("join_room_with_space", {"t": "join", "room": "live 42"}, "InvalidField"),
+    *_both("join_room_with_slash", {"t": "join", "room": "live/42"}, "InvalidField"),
+    *_both("join_room_with_nul", {"t": "join", "room": "live\x0042"}, "InvalidField"),
+    *_both("join_room_with_rlo_u202e", {"t": "join", "room": "live\u202e42"}, "InvalidField"),
+    *_both("join_room_with_lrm_u200e", {"t": "join", "room": "\u200elive-42"}, "InvalidField"),
+    *_both("join_room_emoji", {"t": "join", "room": "直播🔥"}, "InvalidField"),
+    *_both("join_room_with_hash_tag_braces", {"t": "join", "room": "{live}-42"}, "InvalidField"),
     (
         "join_negative_offset",
         "msgpack",
@@ -547,7 +631,7 @@ INVALID: list[tuple[str, str, bytes, str]] = [
         "comment_text_empty_bin",
         "msgpack",
         _pack({"t": "comment", "room": ROOM, "text": b""}),
-        "InvalidField",
+        "MalformedMessage",
     ),
     ("like_count_zero", "msgpack", _pack({"t": "like", "room": ROOM, "n": 0}), "InvalidField"),
     ("like_count_101", "msgpack", _pack({"t": "like", "room": ROOM, "n": 101}), "InvalidField"),
@@ -573,6 +657,11 @@ INVALID: list[tuple[str, str, bytes, str]] = [
     ("buy_qty_101", "msgpack", _pack({**BUY_WIRE, "qty": 101}), "InvalidField"),
     ("buy_qty_negative", "msgpack", _pack({**BUY_WIRE, "qty": -1}), "InvalidField"),
     ("buy_qty_string", "msgpack", _pack({**BUY_WIRE, "qty": "2"}), "InvalidField"),
+    *_both("refresh_missing_token", {"t": "refresh", "rid": 1}, "InvalidField"),
+    *_both("refresh_token_empty", {"t": "refresh", "token": "", "rid": 1}, "InvalidField"),
+    *_both("refresh_token_integer", {"t": "refresh", "token": 1}, "InvalidField"),
+    # refused by the decoder, but a default server refuses its size first (outcome 1009)
+    *_both("refresh_token_16385_chars", {"t": "refresh", "token": "t" * 16385}, "InvalidField"),
     # json: not one well-formed message object
     ("empty_payload", "json", b"", "MalformedMessage"),
     ("not_json", "json", _j("ping"), "MalformedMessage"),
@@ -588,6 +677,7 @@ INVALID: list[tuple[str, str, bytes, str]] = [
     ("object_without_t", "json", _j('{"room":"live-42"}'), "MalformedMessage"),
     ("t_is_number", "json", _j('{"t":1}'), "MalformedMessage"),
     ("nesting_deeper_than_decoder_stack", "json", _j("[" * 1100 + "]" * 1100), "MalformedMessage"),
+    ("nesting_1025_containers", "json", NESTED_OVER[1], "MalformedMessage"),
     # json: unknown type
     ("unknown_type", "json", _j('{"t":"shout","rid":"s-1"}'), "UnknownMessageType"),
     ("server_type_from_client", "json", _j('{"t":"ack","rid":1}'), "UnknownMessageType"),
@@ -650,15 +740,6 @@ INVALID: list[tuple[str, str, bytes, str]] = [
 ]
 
 
-def _jd(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _both(name: str, obj: Any, error: str) -> list[tuple[str, str, bytes, str]]:
-    """The same invalid map in both codecs."""
-    return [(name, "msgpack", _pack(obj), error), (name, "json", _jd(obj), error)]
-
-
 JOINED_WIRE = to_wire(
     Joined(
         room=ROOM,
@@ -674,6 +755,9 @@ JOINED_WIRE = to_wire(
 )
 PIN_WIRE: dict[str, Any] = JOINED_WIRE["pin"]
 SALE_WIRE: dict[str, Any] = JOINED_WIRE["sale"]
+WELCOME_WIRE = to_wire(
+    Welcome(session="s-1", user_id="u-1", name="", role="viewer", heartbeat_ms=1, server_time=NOW)
+)
 BUY_RESULT_WIRE = to_wire(
     BuyResult(rid="b-1", sale=SALE_ID, status="ok", order="s-77-1", qty=1, remaining=9)
 )
@@ -740,8 +824,14 @@ INVALID_SERVER: list[tuple[str, str, bytes, str]] = [
     *_both("joined_pin_extra_value_2_pow_53", _extra({"n": 2**53}), "InvalidField"),
     *_both("joined_pin_extra_value_minus_2_pow_53", _extra({"n": -(2**53)}), "InvalidField"),
     *_both("joined_pin_extra_text_1001_chars", _extra({"note": "x" * 1001}), "InvalidField"),
-    ("joined_pin_extra_bin_key", "msgpack", _pack(_extra({b"": 1})), "InvalidField"),
-    ("joined_pin_extra_bin_value", "msgpack", _pack(_extra({"k": b""})), "InvalidField"),
+    ("joined_pin_extra_bin_key", "msgpack", _pack(_extra({b"": 1})), "MalformedMessage"),
+    ("joined_pin_extra_bin_value", "msgpack", _pack(_extra({"k": b""})), "MalformedMessage"),
+    # welcome.exp and refreshed
+    *_both("welcome_exp_negative", {**WELCOME_WIRE, "exp": -1}, "InvalidField"),
+    *_both("welcome_exp_string", {**WELCOME_WIRE, "exp": "3600"}, "InvalidField"),
+    *_both("refreshed_missing_exp", {"t": "refreshed", "rid": 1}, "InvalidField"),
+    *_both("refreshed_exp_float", {"t": "refreshed", "exp": 1.5}, "InvalidField"),
+    *_both("refreshed_exp_2_pow_53", {"t": "refreshed", "exp": 2**53}, "InvalidField"),
     # joined.sale: a sale snapshot
     *_both("joined_sale_not_a_map", {**JOINED_WIRE, "sale": [SALE_ID]}, "InvalidField"),
     *_both("joined_sale_unknown_status", _sale(status="paused"), "InvalidField"),
@@ -805,6 +895,53 @@ INVALID_SERVER: list[tuple[str, str, bytes, str]] = [
 ]
 
 
+# (name, codec, payload) that decode_client accepts although no encoder of ours writes them.
+EDGE: list[tuple[str, str, bytes]] = [
+    # a repeated key: senders MUST NOT write one; a server takes the last value
+    (
+        "repeated_key_last_value_wins",
+        "msgpack",
+        b"\x84\xa1t\xa4like\xa4room\xa7live-42\xa1n\x01\xa1n\x03",
+    ),
+    ("repeated_key_last_value_wins", "json", _j('{"t":"like","room":"live-42","n":1,"n":3}')),
+    (
+        "repeated_rid_last_value_wins",
+        "msgpack",
+        b"\x83\xa1t\xa4ping\xa3rid\xa1a\xa3rid\x07",
+    ),
+    ("repeated_rid_last_value_wins", "json", _j('{"t":"ping","rid":"a","rid":7}')),
+    # ep without off: ignored by the server, a fresh join (resync false)
+    *[
+        (name, codec, payload)
+        for name, codec, payload, _ in _both(
+            "join_epoch_without_offset", {"t": "join", "room": ROOM, "ep": EPOCH}, ""
+        )
+    ],
+    # the deepest nesting allowed: 1024 containers, the message map included
+    ("nesting_1024_containers", "msgpack", NESTED_MAX[0]),
+    ("nesting_1024_containers", "json", NESTED_MAX[1]),
+]
+
+_CODECS: dict[str, Codec] = {"msgpack": MSGPACK, "json": JSON}
+
+
+def outcome(codec: str, payload: bytes) -> str:
+    """What a server in its default configuration does with an invalid client payload.
+
+    The websocket layer refuses a message over the size limit before decoding it; any
+    other payload gets what its decoding error says: ``close <code>`` or ``error <code>``.
+    """
+    if len(payload) > DEFAULT_MAX_MESSAGE_SIZE:
+        return "close 1009"
+    try:
+        _CODECS[codec].decode_client(payload)
+    except ProtocolError as exc:
+        if exc.close_code is not None:
+            return f"close {int(exc.close_code)}"
+        return f"error {exc.code.value}"
+    raise ValueError(f"{codec} payload {payload[:40]!r}… is not refused")
+
+
 def _dump(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
@@ -825,23 +962,45 @@ def render_valid() -> str:
     return _dump(out)
 
 
-def _render_invalid(vectors: list[tuple[str, str, bytes, str]]) -> str:
+def render_invalid() -> str:
+    """The text of ``invalid.json``: each vector with its ``outcome`` on a default server."""
     return _dump(
         [
-            {"name": name, "codec": codec, "hex": payload.hex(), "error": error}
-            for name, codec, payload, error in vectors
+            {
+                "name": name,
+                "codec": codec,
+                "hex": payload.hex(),
+                "error": error,
+                "outcome": outcome(codec, payload),
+            }
+            for name, codec, payload, error in INVALID
         ]
     )
 
 
-def render_invalid() -> str:
-    """The text of ``invalid.json``."""
-    return _render_invalid(INVALID)
-
-
 def render_invalid_server() -> str:
     """The text of ``invalid_server.json``."""
-    return _render_invalid(INVALID_SERVER)
+    return _dump(
+        [
+            {"name": name, "codec": codec, "hex": payload.hex(), "error": error}
+            for name, codec, payload, error in INVALID_SERVER
+        ]
+    )
+
+
+def render_edge() -> str:
+    """The text of ``edge.json``: ``message`` is the wire map of what the decoder yields."""
+    return _dump(
+        [
+            {
+                "name": name,
+                "codec": codec,
+                "hex": payload.hex(),
+                "message": to_wire(_CODECS[codec].decode_client(payload)),
+            }
+            for name, codec, payload in EDGE
+        ]
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -852,6 +1011,7 @@ def main(argv: list[str]) -> int:
         (VALID_PATH, render_valid()),
         (INVALID_PATH, render_invalid()),
         (INVALID_SERVER_PATH, render_invalid_server()),
+        (EDGE_PATH, render_edge()),
     ):
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
