@@ -18,6 +18,12 @@ Endpoints::
     GET    /v1/sales/{sale_id}/orders?after=&limit=   orders log, paged       -> 200
     POST   /v1/sales/{sale_id}/orders/{order_id}/cancel                       -> 200
 
+Only the orders log takes query parameters: ``limit`` (1..1000, default 100) and ``after``,
+the cursor of the next page: the ``next`` of the previous page's answer
+(``{"orders": [...], "next": "..."}``), absent for the first page; ``next`` is ``null``
+on the last page. Any other query parameter, on any endpoint, is refused (so a typo such
+as ``cursor=`` cannot silently page the first page forever).
+
 Guarantees:
 
 * Authentication: every path except ``/health`` needs one of ``service.api_keys``, sent
@@ -31,17 +37,36 @@ Guarantees:
 
   400 ``invalid_json`` (body not JSON), ``invalid_body`` (not an object),
   ``invalid_field`` (a missing, unknown, mistyped or out-of-range field, named in
-  ``field``; for path and query parameters too); 401 ``unauthorized``; 404
-  ``room_not_found`` / ``sale_not_found`` / ``not_found`` (unknown path); 405
-  ``method_not_allowed`` (with ``Allow``); 409 ``sale_exists`` (sale ids are never
-  reused) / ``sale_closed`` (restock of a closed sale); 413 ``payload_too_large``; 503
+  ``field``; for path and query parameters too: an unknown or repeated query parameter
+  is named in ``field``, and the message lists the parameters the endpoint accepts),
+  ``bad_request`` (malformed body framing, or the client left mid-body; the connection
+  is closed); 401 ``unauthorized``; 404 ``room_not_found`` / ``sale_not_found`` /
+  ``not_found`` (unknown path); 405 ``method_not_allowed`` (with ``Allow``); 408
+  ``body_timeout`` (the body did not arrive within ``service.body_timeout`` seconds; the
+  connection is closed); 409 ``sale_exists`` (sale ids are never reused) /
+  ``sale_closed`` (restock of a closed sale); 413 ``payload_too_large`` (body over
+  :data:`MAX_BODY_SIZE`; a declared ``Content-Length`` over it is refused at once, before
+  authentication and without reading the body); 503
   ``store_unavailable`` with ``Retry-After: 1`` (the stock store cannot be reached; the
   operation may or may not have taken effect: read the sale state before retrying); 500
-  ``internal`` only for a server bug (logged with its traceback).
+  ``internal`` only for a server bug (logged with its traceback). A request aiohttp cannot
+  parse (request line or a header over 8 KiB, malformed headers) never reaches the API:
+  aiohttp answers it with a plain-text 400 and closes the connection.
+* A client cannot fill the log: its faults (unparseable HTTP, leaving mid-body) are logged
+  as one short debug line at most, without traceback; ERROR records and tracebacks are
+  for our bugs.
+* No connection is held by a slow or lying client: reading a body is bounded by
+  ``service.body_timeout``; after an answer given before the body was read (401, 404,
+  413…), the rest of it is read and dropped for ``service.body_timeout`` at most, then the
+  connection closes.
 * Every field of a body is validated before anything changes: unknown fields are refused
   (a typo cannot silently fall back to a default); ``null`` counts as absent for optional
   fields. Ids and texts follow the protocol limits of :mod:`protocol.messages` and the
   stock store's (:mod:`engine.stock.base`), so whatever the API accepts, viewers decode.
+  Room names, in a path (percent-encoded) or a body, follow the one rule of
+  :mod:`protocol.names` (``直播间-1`` is a room name; spaces, ``/``, control and bidi
+  characters are not); sale and product ids keep their ASCII rule ``[A-Za-z0-9_.:-]``.
+  A refused room name is never echoed back.
 * A room is known to the API while it exists in this node's hub: from its first viewer's
   join until it has been empty for a while (the hub's empty-room TTL). Pins, messages
   and new sales for a room unknown to this node are 404 ``room_not_found``: call the node
@@ -55,6 +80,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -63,6 +89,7 @@ from typing import Any, NoReturn
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -99,6 +126,7 @@ from protocol.messages import (
     MAX_TEXT_LENGTH,
     AttrValue,
 )
+from protocol.names import ROOM_NAME_RULE, valid_room_name
 
 __all__ = ["DEFAULT_SALE_DURATION", "MAX_BODY_SIZE", "ServiceRunner", "start_service"]
 
@@ -114,6 +142,9 @@ _MAX_TIME = MAX_INT // 1000
 """Latest accepted unix second: sale times travel to viewers as exact integer milliseconds."""
 _CONTROL_CHARS = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 _JSON = "application/json"
+_ROOM = "{room:[^/]+}"
+"""The room path parameter: any one segment, so that the room-name rule decides (400), not
+aiohttp's default pattern (which refuses braces with a 404)."""
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -131,6 +162,7 @@ class ApiError(Exception):
         *,
         field: str | None = None,
         headers: Mapping[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -138,6 +170,8 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.headers = dict(headers or {})
+        self.close = close
+        """Close the connection once answered, without waiting for the rest of the body."""
 
     def response(self) -> web.Response:
         error: dict[str, str] = {"code": self.code, "message": self.message}
@@ -150,6 +184,11 @@ def _bad_field(field: str, message: str) -> NoReturn:
     raise ApiError(400, "invalid_field", f"{field}: {message}", field=field)
 
 
+def _clip(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -158,17 +197,96 @@ _HTTP_CODES = {
 }
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Send ``response`` now, then close the connection, unread body and all.
+
+    aiohttp would otherwise keep reading (and dropping) the rest of the body for its
+    lingering time; a client that gets this answer has already had its time.
+    """
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # gone already
+    finally:
+        request.protocol.force_close()  # closes once the answer is flushed
+
+
 def _json(
     data: object, *, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type=_JSON)
 
 
+# --- logging of client faults -----------------------------------------------------------
+
+
+_HTTP_LOG = logging.getLogger("liveroom.service.http")
+"""aiohttp's server logger for this service (instead of ``aiohttp.server``)."""
+
+
+class _ClientFaultFilter(logging.Filter):
+    """Turns aiohttp's tracebacks for a client's fault into one short debug line.
+
+    aiohttp logs ``Error handling request`` at ERROR, with a traceback, for every
+    request it cannot parse (request line or header too long, malformed headers, bad
+    Content-Length or chunked framing: the ``BadHttpMessage`` family, which it answers 400)
+    and for some peers that leave early. Those are the client's doing, and any client
+    could flood the log with them. Records whose exception is one of those are dropped
+    and replaced by a debug line on ``liveroom.service``; every other record (a bug of
+    ours or of aiohttp) passes untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            detail = _clip(exc.message.partition("\n")[0], 100)
+        elif isinstance(exc, ConnectionError):
+            detail = type(exc).__name__
+        else:
+            return True
+        log.debug("%s: %s (%s)", _clip(record.getMessage(), 100), type(exc).__name__, detail)
+        return False
+
+
+_CLIENT_FAULTS = _ClientFaultFilter()
+
+
 # --- body and field validation ---------------------------------------------------------
 
 
-async def _read_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+async def _read_object(request: web.Request, timeout: float) -> dict[str, Any]:
+    """The body as a JSON object, read within ``timeout`` seconds.
+
+    Raises:
+        ApiError: 408 ``body_timeout`` (the body did not arrive in time), 413 (too large),
+            400 ``bad_request`` (broken framing, or the client left mid-body), 400
+            ``invalid_json`` / ``invalid_body``. The 408 and the ``bad_request`` close the
+            connection at once.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"request body not received within {timeout:g} s", close=True
+        ) from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large() from None  # answered with Connection: close, the rest drained
+    except ConnectionError as exc:  # the client went away: not an error of ours
+        log.debug(
+            "client %s went away mid-body (%s %s): %r",
+            request.remote,
+            request.method,
+            _clip(request.path),
+            exc,
+        )
+        raise ApiError(400, "bad_request", "connection lost mid-body", close=True) from None
+    except HttpProcessingError as exc:  # broken chunked framing, bad compression…
+        raise ApiError(
+            400, "bad_request", f"malformed request body: {_clip(exc.message, 100)}", close=True
+        ) from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -178,11 +296,15 @@ async def _read_object(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body over {MAX_BODY_SIZE} bytes")
+
+
 def _only(data: Mapping[str, Any], allowed: Iterable[str]) -> None:
     known = set(allowed)
     for key in data:
         if key not in known:
-            _bad_field(key, f"unknown field (expected: {', '.join(sorted(known))})")
+            _bad_field(_clip(key), f"unknown field (expected: {', '.join(sorted(known))})")
 
 
 def _present(data: Mapping[str, Any], name: str) -> bool:
@@ -221,6 +343,13 @@ def _id(value: Any, name: str) -> str:
         return validate_id(value, name)
     except InvalidRequest:  # its message echoes the value, which may be huge
         _bad_field(name, f"must be 1-{MAX_ID_LENGTH} characters of [A-Za-z0-9_.:-]")
+
+
+def _room(value: Any) -> str:
+    if not valid_room_name(value):  # never echo the value: it may be huge or unprintable
+        _bad_field("room", f"must be {ROOM_NAME_RULE}")
+    assert isinstance(value, str)
+    return value
 
 
 def _time(value: Any, name: str) -> float:
@@ -408,10 +537,31 @@ class _Api:
         self.hub = hub
         self.gateway = gateway
         self.desk = desk
+        self.body_timeout = config.service.body_timeout
         configured = config.service.keys()
         self.keys = tuple(key.encode() for key in configured)
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(hub, gateway, desk))
+        self.query_params: dict[web.AbstractRoute, frozenset[str]] = {}
+        """The query parameters each route takes (routes absent here: 404 and 405)."""
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        for method, path, handler, query in (
+            ("GET", "/health", self.health, ()),
+            ("GET", "/metrics", self.metrics, ()),
+            ("POST", f"/v1/rooms/{_ROOM}/pin", self.pin, ()),
+            ("DELETE", f"/v1/rooms/{_ROOM}/pin", self.unpin, ()),
+            ("POST", f"/v1/rooms/{_ROOM}/messages", self.message, ()),
+            ("POST", "/v1/sales", self.open_sale, ()),
+            ("GET", "/v1/sales/{sale_id}", self.sale_state, ()),
+            ("POST", "/v1/sales/{sale_id}/close", self.close_sale, ()),
+            ("POST", "/v1/sales/{sale_id}/restock", self.restock, ()),
+            ("GET", "/v1/sales/{sale_id}/orders", self.orders, ("after", "limit")),
+            ("POST", "/v1/sales/{sale_id}/orders/{order_id}/cancel", self.cancel, ()),
+        ):
+            for verb in (method, "HEAD") if method == "GET" else (method,):
+                route = router.add_route(verb, path, handler)
+                self.query_params[route] = frozenset(query)
 
     # cross-cutting
 
@@ -431,9 +581,29 @@ class _Api:
                 ok |= hmac.compare_digest(candidate, key)
         return ok
 
+    def check_query(self, request: web.Request) -> None:
+        allowed = self.query_params.get(request.match_info.route)
+        if allowed is None:  # no route: the handler answers 404 or 405
+            return
+        seen: set[str] = set()
+        for name, _ in request.query.items():  # every occurrence, repeats too
+            if name not in allowed:
+                takes = (
+                    f"accepted: {', '.join(sorted(allowed))}"
+                    if allowed
+                    else "this endpoint takes no query parameters"
+                )
+                _bad_field(_clip(name), f"unknown query parameter ({takes})")
+            if name in seen:
+                _bad_field(name, "given more than once")
+            seen.add(name)
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
         try:
+            length = request.content_length
+            if length is not None and length > MAX_BODY_SIZE:  # refused unread
+                raise _too_large()
             if request.path != "/health" and not self.authorized(request):
                 raise ApiError(
                     401,
@@ -441,9 +611,15 @@ class _Api:
                     "missing or invalid API key (Authorization: Bearer <key>, or X-API-Key)",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+            self.check_query(request)
             return await handler(request)
         except ApiError as exc:
-            return exc.response()
+            response = exc.response()
+            if exc.status == 413:
+                response.force_close()  # aiohttp drains the rest (service.body_timeout at most)
+            if exc.close:
+                await _answer_and_close(request, response)
+            return response
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -473,7 +649,7 @@ class _Api:
             return ApiError(500, "internal", "internal error").response()
 
     def known_room(self, request: web.Request) -> str:
-        name = request.match_info["room"]
+        name = _room(request.match_info["room"])
         if self.hub.get(name) is None:
             raise ApiError(
                 404, "room_not_found", f"room {name!r} has no viewers on this node", field="room"
@@ -513,7 +689,7 @@ class _Api:
 
     async def pin(self, request: web.Request) -> web.Response:
         room = self.known_room(request)
-        product = _product(await _read_object(request))
+        product = _product(await _read_object(request, self.body_timeout))
         room = self.known_room(request)  # the body may have taken a while
         self.desk.pin(room, product)
         return _json({"room": room, "product": _product_json(product)})
@@ -524,7 +700,7 @@ class _Api:
 
     async def message(self, request: web.Request) -> web.Response:
         self.known_room(request)
-        data = await _read_object(request)
+        data = await _read_object(request, self.body_timeout)
         _only(data, ("text",))
         text = _text(_required(data, "text"), "text", 1, MAX_TEXT_LENGTH)
         if not text.strip():
@@ -535,7 +711,7 @@ class _Api:
     # sales
 
     async def open_sale(self, request: web.Request) -> web.Response:
-        data = await _read_object(request)
+        data = await _read_object(request, self.body_timeout)
         _only(
             data,
             (
@@ -551,7 +727,7 @@ class _Api:
             ),
         )
         sale_id = _id(_required(data, "sale_id"), "sale_id")
-        room = _id(_required(data, "room"), "room")
+        room = _room(_required(data, "room"))
         product_id = _id(_required(data, "product_id"), "product_id")
         stock = _int(_required(data, "stock"), "stock", 0, MAX_UNITS)
         price = _int(_required(data, "price"), "price", 0, MAX_PRICE)
@@ -605,7 +781,7 @@ class _Api:
 
     async def restock(self, request: web.Request) -> web.Response:
         sale_id = self.sale_id(request)
-        data = await _read_object(request)
+        data = await _read_object(request, self.body_timeout)
         _only(data, ("quantity",))
         quantity = _int(_required(data, "quantity"), "quantity", 1, MAX_UNITS)
         try:
@@ -663,18 +839,7 @@ def make_app(config: Config, hub: Hub, gateway: Gateway, desk: SaleDesk) -> web.
     """The service's aiohttp application (routes and middleware), not yet served."""
     api = _Api(config, hub, gateway, desk)
     app = web.Application(middlewares=[api.middleware], client_max_size=MAX_BODY_SIZE)
-    r = app.router
-    r.add_get("/health", api.health)
-    r.add_get("/metrics", api.metrics)
-    r.add_post("/v1/rooms/{room}/pin", api.pin)
-    r.add_delete("/v1/rooms/{room}/pin", api.unpin)
-    r.add_post("/v1/rooms/{room}/messages", api.message)
-    r.add_post("/v1/sales", api.open_sale)
-    r.add_get("/v1/sales/{sale_id}", api.sale_state)
-    r.add_post("/v1/sales/{sale_id}/close", api.close_sale)
-    r.add_post("/v1/sales/{sale_id}/restock", api.restock)
-    r.add_get("/v1/sales/{sale_id}/orders", api.orders)
-    r.add_post("/v1/sales/{sale_id}/orders/{order_id}/cancel", api.cancel)
+    api.add_routes(app.router)
     return app
 
 
@@ -683,8 +848,16 @@ async def start_service(
 ) -> ServiceRunner:
     """Serve the API on ``config.service.host``/``port`` (0: a free port); return its runner."""
     app = make_app(config, hub, gateway, desk)
+    _HTTP_LOG.addFilter(_CLIENT_FAULTS)  # idempotent
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=config.server.close_timeout
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=config.server.close_timeout,
+        logger=_HTTP_LOG,
+        # After an answer given before the body was read (401, 404, 413…), what is left of
+        # the body is read and dropped for this long at most, then the connection closes.
+        lingering_time=config.service.body_timeout,
     )
     await runner.setup()
     try:

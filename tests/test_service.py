@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
+import struct
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
@@ -23,6 +28,7 @@ from protocol import (
     SystemMessage,
     Unpinned,
 )
+from protocol.names import ROOM_NAME_RULE
 from tests.conftest import Peer, ServerFactory, bounded, expect, token, wait_for_condition
 
 KEY = "test-service-key"
@@ -84,7 +90,8 @@ class Api:
 @pytest.fixture
 async def srv(start_server: ServerFactory) -> LiveroomServer:
     return await start_server(
-        service={"port": 0, "api_keys": f"{KEY}, {OTHER_KEY}"},
+        # A short body timeout: a test that stalls a body waits 2 s for its answer, not 10.
+        service={"port": 0, "api_keys": f"{KEY}, {OTHER_KEY}", "body_timeout": 2.0},
         stock={"batch_window_ms": 0.0},
     )
 
@@ -601,3 +608,321 @@ async def test_service_runner_close_is_idempotent(start_server: ServerFactory) -
 async def test_service_disabled(start_server: ServerFactory) -> None:
     srv = await start_server(service={"enabled": False})
     assert srv.service is None
+
+
+# --- hardening: bodies, bad HTTP, query parameters, room names ---------------------------
+
+
+class RawHttp:
+    """A bare TCP connection to the service port: it writes exactly the bytes a test gives
+    and parses what comes back by hand (status, headers, a Content-Length body)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buffer = bytearray()
+        self.eof = False
+
+    @classmethod
+    async def open(cls, srv: LiveroomServer) -> RawHttp:
+        assert srv.service is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.service.port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_some(self, timeout: float) -> bool:
+        """Read what arrives within ``timeout``; False if nothing did (EOF counts as news)."""
+        try:
+            async with asyncio.timeout(timeout):
+                data = await self.reader.read(65536)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            data = b""
+        self.eof = self.eof or not data
+        self.buffer += data
+        return True
+
+    async def response(self, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+        """The next response: status, headers (lower-case names), body."""
+        async with asyncio.timeout(timeout):
+            while b"\r\n\r\n" not in self.buffer:
+                assert not self.eof, f"closed without a response: {bytes(self.buffer)!r}"
+                await self.read_some(timeout)
+            head, _, rest = bytes(self.buffer).partition(b"\r\n\r\n")
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            headers: dict[str, str] = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0"))
+            self.buffer[:] = rest
+            while len(self.buffer) < length:
+                assert not self.eof, "closed in the middle of a response body"
+                await self.read_some(timeout)
+            body = bytes(self.buffer[:length])
+            del self.buffer[:length]
+        return int(status_line.split()[1]), headers, body
+
+    async def closed(self, timeout: float) -> bool:
+        """Whether the server closes the connection within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.eof:
+                    await self.read_some(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+    async def reset(self) -> None:
+        """Abort the connection with a TCP RST (SO_LINGER 0)."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await self.close()
+
+
+def http_head(
+    method: str, path: str, *, key: str | None = KEY, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """A request line and headers, ready for :meth:`RawHttp.send` (the body follows)."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if key is not None:
+        lines.append(f"Authorization: Bearer {key}")
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def error_of(body: bytes) -> Json:
+    parsed = orjson.loads(body)
+    assert isinstance(parsed, dict) and set(parsed) == {"error"}, parsed
+    error = parsed["error"]
+    assert isinstance(error, dict)
+    return error
+
+
+def logged_trouble(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Records that would alarm an operator: ERROR and above, or any with a traceback."""
+    return [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+@pytest.mark.parametrize("key", [KEY, None])
+@bounded(10)
+async def test_declared_body_over_the_limit_is_413_at_once(
+    start_server: ServerFactory, key: str | None
+) -> None:
+    srv = await start_server(service={"port": 0, "api_keys": KEY, "body_timeout": 1.0})
+    loop = asyncio.get_running_loop()
+    conn = await RawHttp.open(srv)
+    try:
+        headers = {"Content-Length": "1000000000000", "Content-Type": "application/json"}
+        started = loop.time()
+        await conn.send(http_head("POST", "/v1/sales", key=key, headers=headers) + b"{}")
+        status, got, body = await conn.response(timeout=2)
+        assert loop.time() - started < 0.9  # not read, so no wait for the body timeout
+        assert status == 413
+        assert error_of(body)["code"] == "payload_too_large"
+        assert got["connection"].lower() == "close"
+        # The rest of the body is waited for (and dropped) for body_timeout at most.
+        assert await conn.closed(timeout=2)
+    finally:
+        await conn.close()
+
+
+@bounded(15)
+async def test_body_not_received_in_time_is_408_and_closed(start_server: ServerFactory) -> None:
+    srv = await start_server(service={"port": 0, "api_keys": KEY, "body_timeout": 0.5})
+    loop = asyncio.get_running_loop()
+    headers = {"Content-Length": "100", "Content-Type": "application/json"}
+
+    # A body that stalls after 10 of its 100 bytes.
+    conn = await RawHttp.open(srv)
+    try:
+        started = loop.time()
+        await conn.send(http_head("POST", "/v1/sales", headers=headers) + b'{"sale_id"')
+        status, got, body = await conn.response(timeout=3)
+        assert status == 408 and loop.time() - started >= 0.4
+        error = error_of(body)
+        assert error["code"] == "body_timeout" and "0.5" in error["message"]
+        assert got["connection"].lower() == "close"
+        assert await conn.closed(timeout=1)
+    finally:
+        await conn.close()
+
+    # A body trickled a byte every 0.1 s: the limit is on the whole body, not between bytes.
+    conn = await RawHttp.open(srv)
+    try:
+        started = loop.time()
+        await conn.send(http_head("POST", "/v1/sales", headers=headers))
+        for _ in range(99):
+            await conn.send(b" ")
+            if await conn.read_some(0.1):
+                break
+        status, _, body = await conn.response(timeout=3)
+        assert status == 408 and error_of(body)["code"] == "body_timeout"
+        assert loop.time() - started < 2
+        assert await conn.closed(timeout=1)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+@bounded(10)
+async def test_client_leaving_mid_body_is_not_logged_as_an_error(
+    srv: LiveroomServer, api: Api, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    conn = await RawHttp.open(srv)
+    headers = {"Content-Length": "100", "Content-Type": "application/json"}
+    await conn.send(http_head("POST", "/v1/sales", headers=headers) + b'{"sale_id"')
+    await asyncio.sleep(0.2)  # let the handler start reading the body
+    if how == "fin":
+        await conn.close()
+    else:
+        await conn.reset()
+
+    def settled() -> bool:
+        return any(
+            r.levelno >= logging.ERROR or (r.name == "liveroom.service" and "went away" in r.msg)
+            for r in caplog.records
+        )
+
+    # Nothing logged at all (had the server dropped the request unread) is fine too.
+    with contextlib.suppress(TimeoutError):
+        await wait_for_condition(settled, timeout=3)
+    assert (await api.call("GET", "/health", key=None))[0] == 200
+    assert logged_trouble(caplog) == []
+
+
+BAD_HTTP = [
+    pytest.param(
+        (b"GET /v1/sales/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",), id="long-url"
+    ),
+    pytest.param(
+        (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",),
+        id="long-header",
+    ),
+    pytest.param((b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",), id="bad-header"),
+    pytest.param(
+        (b"POST /v1/sales HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",),
+        id="bad-length",
+    ),
+    pytest.param(
+        (
+            http_head("POST", "/v1/sales", headers={"Transfer-Encoding": "chunked"})
+            + b"zz\r\n{}\r\n0\r\n\r\n",
+        ),
+        id="bad-chunk",
+    ),
+    pytest.param((b"G@T /health HTTP/1.1\r\nHost: x\r\n\r\n",), id="bad-method"),
+    # The bad chunk arrives while the handler reads the body: aiohttp's C parser drops the
+    # body without telling the reader, so this is answered 408 after the body timeout.
+    pytest.param(
+        (
+            http_head("POST", "/v1/sales", headers={"Transfer-Encoding": "chunked"}),
+            b"zz\r\n{}\r\n0\r\n\r\n",
+        ),
+        id="bad-chunk-later",
+    ),
+]
+
+
+@pytest.mark.parametrize("parts", BAD_HTTP)
+@bounded(10)
+async def test_bad_http_gets_4xx_and_no_traceback_in_the_log(
+    srv: LiveroomServer, api: Api, caplog: pytest.LogCaptureFixture, parts: tuple[bytes, ...]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    conn = await RawHttp.open(srv)
+    try:
+        for i, data in enumerate(parts):
+            if i:
+                await asyncio.sleep(0.2)  # let the server act on the parts before
+            await conn.send(data)
+        status, _, _ = await conn.response(timeout=4)
+        assert 400 <= status < 500
+        assert await conn.closed(timeout=2)
+    finally:
+        await conn.close()
+    assert (await api.call("GET", "/health", key=None))[0] == 200
+    assert logged_trouble(caplog) == []
+    ours = [r for r in caplog.records if r.name.startswith(("aiohttp", "liveroom.service"))]
+    assert len(ours) <= 2, [r.getMessage() for r in ours]
+    assert all(len(r.getMessage()) < 300 for r in ours), [r.getMessage() for r in ours]
+
+
+@bounded(10)
+async def test_unknown_query_parameters_are_refused(api: Api, viewer: Peer) -> None:
+    await api.ok("POST", "/v1/sales", sale_body(), status=201)
+    for method, path, body in (
+        ("GET", "/metrics", None),
+        ("POST", f"/v1/rooms/{ROOM}/pin", PRODUCT),
+        ("DELETE", f"/v1/rooms/{ROOM}/pin", None),
+        ("POST", f"/v1/rooms/{ROOM}/messages", {"text": "hi"}),
+        ("POST", "/v1/sales", sale_body("s2")),
+        ("GET", "/v1/sales/s1", None),
+        ("POST", "/v1/sales/s1/close", None),
+        ("POST", "/v1/sales/s1/restock", {"quantity": 1}),
+        ("POST", "/v1/sales/s1/orders/s1-1/cancel", None),
+    ):
+        error = await api.error(method, f"{path}?cursor=abc", body, status=400)
+        assert error["code"] == "invalid_field" and error["field"] == "cursor", (path, error)
+        assert "no query parameters" in error["message"]
+    error = await api.error("GET", "/health?verbose=1", key=None, status=400)
+    assert error["field"] == "verbose"
+    # Nothing happened: the sale s2 was not opened, s1 not closed.
+    await api.error("GET", "/v1/sales/s2", status=404)
+    assert (await api.ok("GET", "/v1/sales/s1"))["closed"] is False
+
+    error = await api.error("GET", "/v1/sales/s1/orders?cursor=abc", status=400)
+    assert error["field"] == "cursor" and "after, limit" in error["message"]
+    error = await api.error("GET", "/v1/sales/s1/orders?limit=1&limit=2", status=400)
+    assert error["field"] == "limit"
+    error = await api.error("GET", "/v1/sales/s1/orders?" + "x" * 5000 + "=1", status=400)
+    assert len(error["field"]) <= 65 and len(error["message"]) < 300
+    assert await api.ok("GET", "/v1/sales/s1/orders?after=&limit=2") == {"orders": [], "next": None}
+    # Authentication and routing come first.
+    await api.error("GET", "/v1/sales/s1?cursor=abc", key=None, status=401)
+    await api.error("GET", "/v1/nowhere?cursor=abc", status=404)
+
+
+@bounded(15)
+async def test_room_names_follow_the_one_rule(api: Api, srv: LiveroomServer) -> None:
+    room = "直播间-1"
+    peer = await Peer.open(srv, token("alice"))
+    try:
+        await peer.join(room)
+        path = f"/v1/rooms/{urllib.parse.quote(room, safe='')}"
+        assert "%E7%9B%B4" in path  # the client sends it percent-encoded
+        state = await api.ok("POST", "/v1/sales", sale_body("cn1", room=room), status=201)
+        assert state["room"] == room
+        assert (await event_of(peer, SaleOpened)).sale.id == "cn1"
+        assert (await api.ok("POST", f"{path}/pin", PRODUCT))["room"] == room
+        assert (await event_of(peer, Pinned)).product.id == PRODUCT["id"]
+        body = await api.ok("POST", f"{path}/messages", {"text": "欢迎"})
+        assert body["room"] == room
+        assert (await event_of(peer, SystemMessage)).text == "欢迎"
+        assert await api.ok("DELETE", f"{path}/pin") == {"room": room, "unpinned": True}
+    finally:
+        await peer.close()
+
+    for bad in ("a%20b", "a%2Fb", "%E2%80%AE", "%7Bx%7D", "x" * 65, "y" * 5000):
+        for method, suffix, payload in (
+            ("POST", "pin", PRODUCT),
+            ("DELETE", "pin", None),
+            ("POST", "messages", {"text": "hi"}),
+        ):
+            error = await api.error(method, f"/v1/rooms/{bad}/{suffix}", payload, status=400)
+            assert error["code"] == "invalid_field" and error["field"] == "room", (bad, error)
+            assert ROOM_NAME_RULE in error["message"] and len(error["message"]) < 300
+    for bad in ("a b", "a/b", "\u202e", "x\u200ey", "{x}", "x" * 65, "z" * 5000, ""):
+        error = await api.error("POST", "/v1/sales", sale_body(room=bad), status=400)
+        assert error["code"] == "invalid_field" and error["field"] == "room", (bad, error)
+        assert ROOM_NAME_RULE in error["message"] and len(error["message"]) < 300
