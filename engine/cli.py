@@ -135,6 +135,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     # Imported late: the server pulls in asyncio, websockets and uvloop, which `token`
     # does not need.
     server = importlib.import_module("engine.server")
+    print(server.limits_line(config), file=sys.stderr, flush=True)
     run: Callable[[Config], int] = server.run
     try:
         return run(config)

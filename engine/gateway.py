@@ -40,6 +40,7 @@ from websockets.typing import Subprotocol
 
 from engine.auth import Claims, TokenError, TokenInvalid, anonymous_claims, verify_token
 from engine.config import Config
+from engine.limits import ConnectionGuard
 from engine.room import Hub, Room
 from engine.sales import SaleDesk
 from engine.wsframe import data_frame
@@ -127,6 +128,7 @@ class GatewayStatistics:
     authenticated: int
     accepted_total: int
     closed_by_code: dict[int, int]
+    unsent_bytes: int  # bytes written to connections and not yet taken by the kernel
 
 
 class Gateway:
@@ -139,6 +141,8 @@ class Gateway:
         self.connections: dict[Connection, None] = {}
         self.accepted_total = 0
         self.closed_by_code: dict[int, int] = {}
+        # Connections held (1013 beyond), descriptor checks: the server sets the effective one.
+        self.guard = ConnectionGuard(config.server.max_connections)
         self._session_ids = itertools.count(1)
         self._session_prefix = os.urandom(4).hex()
         self.accepting = True
@@ -183,6 +187,11 @@ class Gateway:
             authenticated=sum(1 for c in self.connections if c.claims is not None),
             accepted_total=self.accepted_total,
             closed_by_code=dict(self.closed_by_code),
+            unsent_bytes=sum(
+                c.transport.get_write_buffer_size()
+                for c in self.connections
+                if c.transport is not None
+            ),
         )
 
 
@@ -240,6 +249,9 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transports implement asyncio.Transport without subclassing it.
         self.transport = typing.cast(asyncio.Transport, transport)
+        if not self.gateway.guard.admit(transport):  # descriptors nearly used up
+            self.transport.abort()
+            return
         self.gateway.connections[self] = None
 
     def data_received(self, data: bytes) -> None:
@@ -299,6 +311,16 @@ class Connection(asyncio.Protocol):
     def too_slow(self) -> None:
         """More unsent bytes than the limit: close with the slow-consumer code."""
         self.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many unsent bytes")
+
+    def over_budget(self) -> None:
+        """Cut off by the node's write budget: 4008, and the transport aborted at once.
+
+        A stalled reader would never read the close frame, and its buffer must be freed
+        now; the close frame is still recorded as sent (``closed_by_code``).
+        """
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer: node write budget exceeded")
+        if self.transport is not None:
+            self.transport.abort()
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a complete websocket frame; cut the peer off if it reads too slowly."""
@@ -386,7 +408,8 @@ class Connection(asyncio.Protocol):
         if not gateway.accepting:
             self.close(CloseCode.GOING_AWAY, "server shutting down")
             return
-        if len(gateway.connections) > gateway.config.server.max_connections:
+        if len(gateway.connections) > gateway.guard.max_connections:  # handshakes count too
+            gateway.guard.refusal()
             self.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
             return
         try:

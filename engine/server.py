@@ -1,9 +1,16 @@
 """Process lifecycle: listen, serve, and shut down gracefully.
 
 ``LiveroomServer`` owns the listening socket, the gateway, the hub and their periodic
-tasks (timer sweep, conflation tick), all inside one ``asyncio.TaskGroup``: no task is
-left behind. Shutdown stops accepting, sends every peer a 1001 "going away" close frame,
-waits up to ``server.close_timeout`` for the closing handshakes, then aborts the rest.
+tasks (timer sweep, conflation tick, descriptor probe), all inside one
+``asyncio.TaskGroup``: no task is left behind. Shutdown stops accepting, sends every peer a
+1001 "going away" close frame, waits up to ``server.close_timeout`` for the closing
+handshakes, then aborts the rest.
+
+The node's limits (engine/limits.py) are set up at start: :func:`run` raises the soft
+open-files limit to the hard one; the server holds at most ``min(server.max_connections,
+soft limit - server.fd_reserve)`` connections (1013 beyond), aborts new sockets at once
+when descriptors are nearly used up, and keeps the unsent bytes of all connections under
+``server.write_budget``.
 """
 
 from __future__ import annotations
@@ -17,15 +24,22 @@ import ssl
 import sys
 
 from engine.config import AuthConfig, Config
-from engine.gateway import Gateway
-from engine.room import Hub
+from engine.gateway import Connection, Gateway
+from engine.limits import (
+    ConnectionGuard,
+    WriteBudget,
+    effective_max_connections,
+    open_files_limit,
+    raise_open_files_limit,
+)
+from engine.room import Hub, Subscriber
 from engine.sales import SaleDesk
 from engine.service import ServiceRunner, start_service
 from engine.stock import MemoryStockStore, StockError, StockStore
 from engine.stock import connect as connect_redis_store
 from protocol import CloseCode
 
-__all__ = ["LiveroomServer", "run"]
+__all__ = ["LiveroomServer", "connection_guard", "limits_line", "run"]
 
 log = logging.getLogger("liveroom.server")
 
@@ -46,6 +60,34 @@ async def _open_store(config: Config) -> StockStore:
             stock.redis_url, timeout=stock.redis_timeout, key_prefix=stock.key_prefix
         )
     return MemoryStockStore()
+
+
+def connection_guard(config: Config) -> ConnectionGuard:
+    """The connection limits of a node started now, from the current open-files limit."""
+    srv = config.server
+    soft = open_files_limit().soft
+    return ConnectionGuard(
+        effective_max_connections(srv.max_connections, soft, srv.fd_reserve),
+        soft_limit=soft,
+        fd_reserve=srv.fd_reserve,
+        configured=srv.max_connections,
+    )
+
+
+def limits_line(config: Config) -> str:
+    """Raise the open-files limit (as :func:`run` does) and name the effective limit.
+
+    Returns:
+        A comment line for the start-up config print, e.g. ``# effective max connections:
+        19744 (open-files limit 20000, fd_reserve 256)``.
+    """
+    raise_open_files_limit()
+    return f"# effective max connections: {connection_guard(config).describe()}"
+
+
+def _cut_over_budget(sub: Subscriber) -> None:
+    assert isinstance(sub, Connection)
+    sub.over_budget()
 
 
 class LiveroomServer:
@@ -85,8 +127,12 @@ class LiveroomServer:
             history_size=rooms.history_size,
             snapshot_size=rooms.snapshot_size,
             min_flush_interval=rooms.min_flush_interval_ms / 1000,
+            empty_room_ttl=rooms.empty_room_ttl,
+            max_rooms=rooms.max_rooms,
             slice_size=rooms.fanout_slice,
             write_limit=self.config.server.write_buffer_limit,
+            write_budget=WriteBudget(self.config.server.write_budget),
+            cut_off=_cut_over_budget,
             loop=loop,
         )
         self.store = await _open_store(self.config)
@@ -95,6 +141,8 @@ class LiveroomServer:
         if learnt:
             log.info("learnt %d recent sales from the stock store", learnt)
         self.gateway = Gateway(self.config, self.hub, self.desk)
+        self.gateway.guard = guard = connection_guard(self.config)
+        guard.install(loop)
         if self.config.service.enabled:
             self.service = await start_service(self.config, self.hub, self.gateway, self.desk)
         srv = self.config.server
@@ -118,11 +166,23 @@ class LiveroomServer:
             ticker = tasks.create_task(self._tick())
             assert self.desk is not None
             buyers = tasks.create_task(self.desk.run())
+            prober = tasks.create_task(self._probe_descriptors())
             started.set()
             await self._stopping.wait()
             sweeper.cancel()
             ticker.cancel()
             buyers.cancel()
+            prober.cancel()
+
+    async def _probe_descriptors(self) -> None:
+        """uvloop never reports failed accepts: look for descriptor exhaustion every second."""
+        assert self.gateway is not None
+        guard = self.gateway.guard
+        if guard.soft_limit is None:
+            return
+        while True:
+            await asyncio.sleep(1.0)
+            guard.probe()
 
     async def _tick(self) -> None:
         assert self.hub is not None
@@ -151,6 +211,7 @@ class LiveroomServer:
         self._stopping.set()
         await self._runner
         self.hub.close()
+        self.gateway.guard.uninstall(asyncio.get_running_loop())
         if self.desk is not None:
             self.desk.close()
         if self.store is not None:
@@ -199,6 +260,7 @@ def _run(config: Config) -> int:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    raise_open_files_limit()  # the CLI did it already, before printing the effective limit
     logging.getLogger("liveroom.ws").setLevel(logging.WARNING)
     if config.server.uvloop:
         try:
