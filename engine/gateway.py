@@ -15,6 +15,18 @@ Guarantees:
   SPEC.md documents; a refused command gets an ``error`` answer echoing its request id.
 - Quiet peers are pinged every ``heartbeat_interval``; peers silent for ``idle_timeout``
   are closed with 4009. Handshakes that do not finish in ``handshake_timeout`` are dropped.
+  A connection whose token expires is closed with 4002, unless a ``refresh`` put a fresh
+  token for the same user (admitting every joined room) in force first.
+- Every command kind has a per-connection budget (token buckets: comments, likes, buy
+  presses, pings and refreshes, joins and leaves; ``rooms.*_rate`` / ``*_burst``); a
+  command over its budget gets ``rate_limited`` and does nothing. A like counts at most
+  ``rooms.max_likes_per_message``.
+- Anonymous viewers join only rooms this node holds (they cannot create rooms); a join
+  that would add a room beyond ``rooms.max_rooms`` is refused with ``rooms_full``.
+- Close reasons are cut to 123 UTF-8 bytes on a character boundary. A connection failed
+  before the peer's close (1009 on an oversized message) is half-closed and read until
+  the peer closes or ``close_timeout``, so a peer still writing reads the close frame
+  instead of a reset. An internal error closes that one connection with 1011.
 - No task per connection: one sweeper walks all connections for timers.
 """
 
@@ -29,6 +41,7 @@ import typing
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from websockets.exceptions import NegotiationError
 from websockets.frames import Frame, Opcode
@@ -38,10 +51,17 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from engine.auth import Claims, TokenError, TokenInvalid, anonymous_claims, verify_token
+from engine.auth import (
+    Claims,
+    TokenError,
+    TokenExpired,
+    TokenInvalid,
+    anonymous_claims,
+    verify_token,
+)
 from engine.config import Config
 from engine.limits import ConnectionGuard
-from engine.room import Hub, Room
+from engine.room import Hub, Room, RoomsFull
 from engine.sales import SaleDesk
 from engine.wsframe import data_frame
 from protocol import (
@@ -61,6 +81,8 @@ from protocol import (
     Ping,
     Pong,
     ProtocolError,
+    Refresh,
+    Refreshed,
     SendComment,
     Welcome,
     codec_for,
@@ -122,6 +144,19 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+MAX_CLOSE_REASON: Final = 123
+"""Bytes of UTF-8 a close reason may have (RFC 6455: a control frame's payload is at most
+125 bytes, two of which carry the code)."""
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to at most :data:`MAX_CLOSE_REASON` UTF-8 bytes, on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= MAX_CLOSE_REASON:
+        return text
+    return data[:MAX_CLOSE_REASON].decode("utf-8", "ignore")
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayStatistics:
     connections: int
@@ -156,9 +191,10 @@ class Gateway:
         return Connection(self)
 
     def sweep(self) -> None:
-        """Run every connection's timers: handshake, heartbeat, idle and close timeouts."""
+        """Run every connection's timers: handshake, token expiry, heartbeat, idle, close."""
         srv = self.config.server
         now = time.monotonic()
+        wall = time.time()
         for conn in list(self.connections):
             conn.check_timers(
                 now,
@@ -166,6 +202,7 @@ class Gateway:
                 srv.heartbeat_interval,
                 srv.idle_timeout,
                 srv.close_timeout,
+                wall=wall,
             )
 
     async def run_sweeper(self) -> None:
@@ -199,6 +236,7 @@ class Connection(asyncio.Protocol):
     """One websocket peer. All methods run on the event loop thread and never block."""
 
     __slots__ = (
+        "_buckets",
         "_cork",
         "_fragment_op",
         "_fragments",
@@ -243,6 +281,7 @@ class Connection(asyncio.Protocol):
         self._fragment_op = Opcode.BINARY
         self._tokens = float(gateway.config.rooms.comment_burst)  # comment token bucket
         self._tokens_at = self.opened_at
+        self._buckets: dict[str, tuple[float, float]] | None = None  # kind -> (tokens, at)
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -267,6 +306,9 @@ class Connection(asyncio.Protocol):
                 elif isinstance(event, Request):
                     self._on_request(event)
             self._write_pending()
+        except Exception:  # a bug of ours: this peer is closed, the server lives on
+            log.exception("closing connection %s after an internal error", self.session)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._uncork()
         if self._handshake_held and ws.state is State.OPEN:
@@ -355,7 +397,7 @@ class Connection(asyncio.Protocol):
         if self.closing_since is None:
             self.closing_since = time.monotonic()
         if self.ws.state is State.OPEN:
-            self.ws.send_close(code, reason[:120])
+            self.ws.send_close(code, close_reason(reason))
             self._write_pending()
         elif self.ws.state is State.CONNECTING and self.transport is not None:
             self.transport.abort()
@@ -372,20 +414,38 @@ class Connection(asyncio.Protocol):
                 self._leave_all()  # rooms write to open connections only
                 if self.closing_since is None:
                     self.closing_since = time.monotonic()
-                transport.close()
+                if self.ws.close_rcvd is None and transport.can_write_eof():
+                    # Failed before the peer's close (e.g. 1009 on an oversized message):
+                    # half-close and read on until the peer closes (or close_timeout). A
+                    # peer still writing would otherwise get a TCP reset that destroys the
+                    # close frame it has not read yet.
+                    transport.write_eof()
+                else:  # closing handshake done (or TLS, which cannot half-close)
+                    transport.close()
 
     def check_timers(
-        self, now: float, handshake: float, heartbeat: float, idle: float, close: float
+        self,
+        now: float,
+        handshake: float,
+        heartbeat: float,
+        idle: float,
+        close: float,
+        *,
+        wall: float | None = None,
     ) -> None:
+        """Enforce the timers at monotonic ``now`` (token expiry at unix time ``wall``)."""
         transport = self.transport
         if transport is None:
             return
+        claims = self.claims
         if self.closing_since is not None:
             if now - self.closing_since > close:
                 transport.abort()
         elif self.ws.state is State.CONNECTING:
             if now - self.opened_at > handshake:
                 transport.abort()
+        elif claims is not None and claims.expires_at <= (time.time() if wall is None else wall):
+            self.close(CloseCode.TOKEN_EXPIRED, "token expired: connect with a fresh token")
         elif now - self.last_recv > idle:
             self.close(CloseCode.IDLE_TIMEOUT, f"idle for more than {idle:g} s")
         elif now - self.last_recv > heartbeat and now - self.last_ping > heartbeat:
@@ -428,6 +488,7 @@ class Connection(asyncio.Protocol):
                 role=str(claims.role),
                 heartbeat_ms=int(gateway.config.server.heartbeat_interval * 1000),
                 server_time=_now_ms(),
+                expires=None if claims.anonymous else int(claims.expires_at * 1000),
             )
         )
 
@@ -490,7 +551,41 @@ class Connection(asyncio.Protocol):
         elif isinstance(message, Leave):
             self._on_leave(message)
         elif isinstance(message, Ping):
-            self.send(Pong(server_time=_now_ms(), rid=message.rid))
+            self._on_ping(message)
+        elif isinstance(message, Refresh):
+            self._on_refresh(message)
+
+    def _on_ping(self, msg: Ping) -> None:
+        rooms = self.gateway.config.rooms
+        if self._take("ping", rooms.ping_rate, rooms.ping_burst, msg.rid):
+            self.send(Pong(server_time=_now_ms(), rid=msg.rid))
+
+    def _on_refresh(self, msg: Refresh) -> None:
+        """Put a fresh token for the same user in force (it shares the ping budget)."""
+        rooms = self.gateway.config.rooms
+        if not self._take("ping", rooms.ping_rate, rooms.ping_burst, msg.rid):
+            return
+        claims = self.claims
+        assert claims is not None
+        try:
+            fresh = verify_token(self.gateway.config.auth.secret, msg.token, time.time())
+        except TokenExpired as exc:
+            self._refuse(ErrorCode.TOKEN_EXPIRED, str(exc), msg.rid)
+            return
+        except TokenError as exc:
+            self._refuse(ErrorCode.TOKEN_INVALID, str(exc), msg.rid)
+            return
+        if claims.anonymous or fresh.user_id != claims.user_id:
+            self._refuse(ErrorCode.TOKEN_INVALID, "the token is for another user", msg.rid)
+            return
+        barred = [name for name in self.rooms if not fresh.can_join(name)]
+        if barred:
+            self._refuse(
+                ErrorCode.FORBIDDEN_ROOM, f"token does not admit joined room {barred[0]!r}", msg.rid
+            )
+            return
+        self.claims = fresh
+        self.send(Refreshed(expires=int(fresh.expires_at * 1000), rid=msg.rid))
 
     def _refuse(self, code: ErrorCode, message: str, rid: str | int | None) -> None:
         self.send(Error(code=code, message=message, rid=rid))
@@ -498,24 +593,44 @@ class Connection(asyncio.Protocol):
     def _on_join(self, msg: Join) -> None:
         claims = self.claims
         assert claims is not None
+        rooms = self.gateway.config.rooms
+        if not self._take("join", rooms.join_rate, rooms.join_burst, msg.rid):
+            return
         if not claims.can_join(msg.room):
             self._refuse(
                 ErrorCode.FORBIDDEN_ROOM, f"token does not admit room {msg.room!r}", msg.rid
             )
             return
+        hub = self.gateway.hub
+        if claims.anonymous and msg.room not in self.rooms and hub.get(msg.room) is None:
+            self._refuse(
+                ErrorCode.ROOM_NOT_LIVE,
+                f"room {msg.room!r} is not live here; anonymous viewers cannot open rooms",
+                msg.rid,
+            )
+            return
         room = self.rooms.pop(msg.room, None)
         if room is not None:
             room.leave(self)  # a second join restarts the subscription
-        elif len(self.rooms) >= self.gateway.config.rooms.max_rooms_per_connection:
-            limit = self.gateway.config.rooms.max_rooms_per_connection
+        elif len(self.rooms) >= rooms.max_rooms_per_connection:
+            limit = rooms.max_rooms_per_connection
             self._refuse(ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms per connection", msg.rid)
             return
-        room = self.gateway.hub.room(msg.room)
+        try:
+            room = hub.room(msg.room)
+        except RoomsFull as exc:
+            self._refuse(ErrorCode.ROOMS_FULL, f"{exc}; try again later", msg.rid)
+            return
+        if self.gateway.desk is not None:
+            self.gateway.desk.attach(room)  # the room's current sale, for the snapshot
         result = room.join(self, offset=msg.offset, epoch=msg.epoch, rid=msg.rid)
         self.rooms[msg.room] = room
         self._send_payload(result.payload(self.codec))
 
     def _on_leave(self, msg: Leave) -> None:
+        rooms = self.gateway.config.rooms
+        if not self._take("join", rooms.join_rate, rooms.join_burst, msg.rid):
+            return
         room = self.rooms.pop(msg.room, None)
         if room is None:
             self._refuse(ErrorCode.NOT_JOINED, f"not in room {msg.room!r}", msg.rid)
@@ -572,10 +687,28 @@ class Connection(asyncio.Protocol):
         self._tokens = tokens - 1.0
         return True
 
+    def _take(self, kind: str, rate: float, burst: int, rid: str | int | None) -> bool:
+        """Take one token of the ``kind`` budget (a token bucket); else refuse the command."""
+        buckets = self._buckets
+        if buckets is None:
+            buckets = self._buckets = {}
+        now = self.last_recv
+        tokens, at = buckets.get(kind, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate)
+        if tokens < 1.0:
+            buckets[kind] = (tokens, now)
+            self._refuse(ErrorCode.RATE_LIMITED, f"more than {rate:g} {kind} messages/s", rid)
+            return False
+        buckets[kind] = (tokens - 1.0, now)
+        return True
+
     def _on_buy(self, msg: Buy) -> None:
         room = self._writable_room(msg.room, msg.rid)
         desk = self.gateway.desk
         if room is None:
+            return
+        rooms = self.gateway.config.rooms
+        if not self._take("buy", rooms.buy_rate, rooms.buy_burst, msg.rid):
             return
         if desk is None:
             self.send(BuyResult(rid=msg.rid, sale=msg.sale, status="error", msg="no sales here"))
@@ -597,7 +730,10 @@ class Connection(asyncio.Protocol):
         room = self._writable_room(msg.room, msg.rid)
         if room is None:
             return
-        room.add_likes(msg.count)
+        rooms = self.gateway.config.rooms
+        if not self._take("like", rooms.like_rate, rooms.like_burst, msg.rid):
+            return
+        room.add_likes(min(msg.count, rooms.max_likes_per_message))
         if msg.rid is not None:
             self._ack(msg.rid)
 

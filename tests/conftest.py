@@ -95,9 +95,14 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {
         "uvloop": False,
     },
     "auth": {"secret": SECRET},
-    # Generous comment rate so that tests posting many comments are not throttled; the
-    # flood tests set their own rate. Short conflation tick: likes / viewers show up fast.
-    "rooms": {"comment_rate": 10_000.0, "comment_burst": 10_000, "conflate_interval_ms": 50.0},
+    # Generous per-connection budgets so that tests sending many commands are not
+    # throttled; the budget tests set their own. Short conflation tick: likes / viewers
+    # show up fast.
+    "rooms": {
+        **{f"{kind}_rate": 10_000.0 for kind in ("comment", "like", "buy", "ping", "join")},
+        **{f"{kind}_burst": 10_000 for kind in ("comment", "like", "buy", "ping", "join")},
+        "conflate_interval_ms": 50.0,
+    },
 }
 
 

@@ -348,8 +348,8 @@ async def test_anonymous_viewer_may_watch_but_not_comment_or_like(
     anon = await Peer.open(srv, None)
     assert anon.welcome is not None
     assert anon.welcome.user_id.startswith("anon:") and anon.welcome.role == "viewer"
+    (writer,) = await joined_peers(srv, "writer")  # anonymous viewers join live rooms only
     await anon.join(ROOM)
-    (writer,) = await joined_peers(srv, "writer")
     expect(await writer.comment(ROOM, "hello lurkers"), Ack)
     (got,) = await anon.comments(1)
     assert got.text == "hello lurkers"
