@@ -311,7 +311,8 @@ class ConnectionGuard:
     def handle_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTOR:
-            self._no_descriptor("accept() failed: " + os.strerror(exc.errno or 0))
+            said = context.get("message") or "the event loop"
+            self._no_descriptor(f"{said}: {os.strerror(exc.errno or 0)}")
             return
         if self._previous_handler is not None:
             self._previous_handler(loop, context)

@@ -130,8 +130,41 @@ def test_failed_accepts_become_one_warning_and_other_loop_errors_go_on(
     assert guard.exhausted == 50
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
-    assert "open-files limit reached" in lines[0] and "at most 744 connections" in lines[0]
+    assert "open-files limit reached (socket.accept() out of system resource" in lines[0]
+    assert "at most 744 connections" in lines[0]
     assert [c["message"] for c in others] == ["something else", "after"]
+
+
+def test_the_probe_reports_a_process_that_has_no_descriptor_left() -> None:
+    # In a child process: lowering this process's own limit could hurt other tests.
+    script = """
+import logging, resource, sys
+from engine.limits import ConnectionGuard
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+guard = ConnectionGuard(10, soft_limit=64, fd_reserve=16)
+assert guard.probe()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(open("/dev/null"))
+except OSError:
+    pass
+assert not guard.probe() and not guard.probe()
+for f in held[:4]:
+    f.close()
+assert guard.probe()
+print("exhausted", guard.exhausted)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["exhausted", "2"]
+    warnings = [ln for ln in done.stderr.splitlines() if ln.startswith("WARNING")]
+    assert len(warnings) == 1, done.stderr
+    assert "open-files limit reached (no descriptor free" in warnings[0]
+    assert "at most 10 connections" in warnings[0]
 
 
 def test_a_rate_limited_count_reports_what_happened_since_its_last_report() -> None:
