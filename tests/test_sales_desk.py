@@ -493,3 +493,60 @@ async def test_pin_and_unpin_set_the_room_card_and_publish_events() -> None:
         assert expect(events[0], Pinned).product == product
         with pytest.raises(KeyError):
             h.desk.pin("no-such-room", product)
+
+
+# --- answers SPEC 9.3 fixes, and sales the node learns from the store ---------------------
+
+
+@bounded(10)
+async def test_a_press_before_the_start_is_not_recorded_so_the_same_rid_buys_once_open() -> None:
+    async with desk_harness() as h:
+        await h.desk.open_sale(spec("soon", 5, 1, starts_in=0.3))
+        early = await h.buy("ann", "soon", "x1")
+        assert (early.status, early.msg) == ("not_open", "sale has not started")
+        early_retry = await h.buy("ann", "soon", "x1", retry=True)  # reaches the store
+        assert early_retry.status == "not_open"
+        await asyncio.sleep(0.35)
+        bought = await h.buy("ann", "soon", "x1")
+        assert bought.status == "ok" and bought.order == "soon-1"
+        assert (await h.buy("ann", "soon", "x1", retry=True)).order == "soon-1"
+
+
+@bounded(10)
+async def test_a_sale_that_sold_out_and_then_ended_answers_not_open() -> None:
+    async with desk_harness() as h:
+        await h.desk.open_sale(spec("brief", 1, 1, ends_in=0.3))
+        assert (await h.buy("ann", "brief", "a1")).status == "ok"
+        assert (await h.buy("ben", "brief", "b1")).status == "sold_out"  # local flag
+        await asyncio.sleep(0.35)
+        late = await h.buy("cat", "brief", "c1")
+        assert (late.status, late.msg) == ("not_open", "sale has ended")
+        assert (await h.buy("cat", "brief", "c2", retry=True)).status == "not_open"  # store too
+        first = await h.buy("ann", "brief", "a1", retry=True)  # first answers stay
+        assert (first.status, first.order) == ("ok", "brief-1")
+
+
+@bounded(10)
+async def test_a_desk_learns_sales_from_the_store_at_start_and_on_a_press() -> None:
+    store = MemoryStockStore()
+    async with desk_harness(store) as first:
+        await first.desk.open_sale(spec("old", 5, 2))
+        await first.desk.open_sale(spec("new", 5, 2))
+        assert (await first.buy("ann", "new", "a1")).status == "ok"
+    # A new desk on the same store (a restarted node): the latest sale shows at once.
+    async with desk_harness(store) as second:
+        assert await second.desk.load() == 2
+        second.desk.attach(second.room)
+        assert second.room.sale is not None and second.room.sale.id == "new"
+        assert second.room.sale.remaining == 4
+        again = await second.buy("ann", "new", "a1", retry=True)
+        assert (again.status, again.order) == ("ok", "new-1")
+        assert (await second.buy("ben", "old", "b1")).status == "ok"
+        # A Buy for a sale opened elsewhere after the start is looked up, not refused.
+        await store.open_sale(spec("later", 1, 1))
+        assert (await second.buy("cat", "later", "c1")).status == "ok"
+        assert (await second.buy("dan", "nope", "d1")).msg == "unknown sale"
+        assert second.desk.statistics().lookups == 2
+        other = SaleSpec("elsewhere", "other-room", "p", 5, 1, 1, time.time() - 1, time.time() + 60)
+        await store.open_sale(other)
+        assert (await second.buy("eve", "elsewhere", "e1")).msg == "unknown sale"
