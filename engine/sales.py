@@ -245,6 +245,7 @@ class SaleDesk:
         self.sold_out: set[str] = set()  # local flags
         self.sales: dict[str, _Known] = {}
         self.current: dict[str, str] = {}  # room -> its current sale (the latest opened)
+        self.pins: dict[str, Product] = {}  # room -> its pinned product, kept across drops
         self.answers: Counter[str] = Counter()
         self.local_sold_out_answers = 0
         self.local_not_open_answers = 0
@@ -300,9 +301,10 @@ class SaleDesk:
         self._timers.clear()
 
     def attach(self, room: Room) -> None:
-        """Give a room (new, or held) its current sale, for its joiners' snapshots."""
+        """Give a room (new, or held) its pin and current sale, for its joiners' snapshots."""
         sale_id = self.current.get(room.name)
         room.sale = self.sales[sale_id].info if sale_id is not None else None
+        room.pin = self.pins.get(room.name)
 
     # --- what the node knows of sales ----------------------------------------------------
 
@@ -535,13 +537,13 @@ class SaleDesk:
 
     def pin(self, room_name: str, product: Product) -> None:
         room = self.room(room_name)
-        room.pin = product
+        room.pin = self.pins[room_name] = product
         room.publish(lambda off, ts: Pinned(product=product, ts=ts, offset=off))
 
     def unpin(self, room_name: str) -> bool:
         """Unpin the room's product; False when nothing was pinned."""
         room = self.room(room_name)
-        product = room.pin
+        product = self.pins.pop(room_name, None)
         if product is None:
             return False
         room.pin = None

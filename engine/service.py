@@ -520,6 +520,60 @@ class _StatsCollector:
             "Buy presses waiting for a store call.",
             value=desk.pending,
         )
+        yield CounterMetricFamily(
+            "liveroom_purchase_local_not_open",
+            "Buy presses answered not_open from the sale's window, without the store.",
+            value=desk.local_not_open_answers,
+        )
+        yield GaugeMetricFamily(
+            "liveroom_sales_known",
+            "Sales this node has learnt from the store.",
+            value=desk.sales_known,
+        )
+        yield CounterMetricFamily(
+            "liveroom_sale_lookups",
+            "Store reads for sales a press or a service call named first.",
+            value=desk.lookups,
+        )
+        guard = self.gateway.guard
+        yield GaugeMetricFamily(
+            "liveroom_connections_max",
+            "Effective connection limit (configured, capped by open files less fd_reserve).",
+            value=guard.max_connections,
+        )
+        yield CounterMetricFamily(
+            "liveroom_connections_refused",
+            "Connections refused with 1013 at the connection limit.",
+            value=guard.refused,
+        )
+        yield CounterMetricFamily(
+            "liveroom_connections_aborted",
+            "New connections aborted at once because descriptors were nearly used up.",
+            value=guard.aborted,
+        )
+        yield CounterMetricFamily(
+            "liveroom_descriptors_exhausted",
+            "Failed accepts (open-files limit hit) seen by the event loop or its probe.",
+            value=guard.exhausted,
+        )
+        yield GaugeMetricFamily(
+            "liveroom_unsent_bytes",
+            "Bytes written to connections and not yet taken by the kernel.",
+            value=gw.unsent_bytes,
+        )
+        yield CounterMetricFamily(
+            "liveroom_write_budget_cuts",
+            "Connections cut off (4008) because the node passed server.write_budget.",
+            value=hub.budget_cuts,
+        )
+        yield CounterMetricFamily(
+            "liveroom_rooms_dropped", "Empty rooms forgotten.", value=hub.rooms_dropped
+        )
+        yield CounterMetricFamily(
+            "liveroom_rooms_full",
+            "Joins refused because the node held rooms.max_rooms rooms, all with viewers.",
+            value=hub.rooms_full,
+        )
         yield SummaryMetricFamily(
             "liveroom_store_round_trip_seconds",
             "Stock store round trips of purchase batches.",

@@ -95,6 +95,7 @@ TEST_DEFAULTS: dict[str, dict[str, Any]] = {
         "uvloop": False,
     },
     "auth": {"secret": SECRET},
+    "service": {"port": 0},  # a free port: concurrent test runs must not collide on 8766
     # Generous per-connection budgets so that tests sending many commands are not
     # throttled; the budget tests set their own. Short conflation tick: likes / viewers
     # show up fast.

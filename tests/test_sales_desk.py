@@ -550,3 +550,21 @@ async def test_a_desk_learns_sales_from_the_store_at_start_and_on_a_press() -> N
         other = SaleSpec("elsewhere", "other-room", "p", 5, 1, 1, time.time() - 1, time.time() + 60)
         await store.open_sale(other)
         assert (await second.buy("eve", "elsewhere", "e1")).msg == "unknown sale"
+
+
+@bounded(10)
+async def test_a_room_dropped_and_made_again_gets_its_pin_and_sale_back() -> None:
+    async with desk_harness() as h:
+        product = Product(id="p1", title="保温杯", price=9900)
+        h.desk.pin(ROOM, product)
+        await h.desk.open_sale(spec("kept", 3, 1))
+        h.room.leave(h.viewer)
+        del h.hub.rooms[ROOM]  # dropped (empty for longer than the TTL, or to make room)
+        again = h.hub.room(ROOM)
+        assert again is not h.room and again.pin is None and again.sale is None
+        h.desk.attach(again)
+        assert again.pin == product
+        assert again.sale is not None and again.sale.id == "kept"
+        assert h.desk.unpin(ROOM) is True
+        h.desk.attach(again)
+        assert again.pin is None

@@ -567,8 +567,20 @@ async def test_metrics(api: Api, viewer: Peer) -> None:
         "liveroom_purchase_queue_depth",
         "liveroom_store_round_trip_seconds_sum",
         "liveroom_store_round_trip_seconds_count",
+        "liveroom_purchase_local_not_open_total",
+        "liveroom_sales_known",
+        "liveroom_sale_lookups_total",
+        "liveroom_connections_max",
+        "liveroom_connections_refused_total",
+        "liveroom_connections_aborted_total",
+        "liveroom_descriptors_exhausted_total",
+        "liveroom_unsent_bytes",
+        "liveroom_write_budget_cuts_total",
+        "liveroom_rooms_dropped_total",
+        "liveroom_rooms_full_total",
     ):
         assert any(line.startswith(name + " ") for line in lines), name
+    assert "liveroom_sales_known 1.0" in lines
     assert "liveroom_connections 1.0" in lines
     assert "liveroom_rooms 1.0" in lines
     assert 'liveroom_purchases_total{result="ok"} 1.0' in lines
