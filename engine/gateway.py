@@ -288,7 +288,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transports implement asyncio.Transport without subclassing it.
         self.transport = typing.cast(asyncio.Transport, transport)
-        if not self.gateway.guard.admit(transport):  # descriptors nearly used up
+        gateway = self.gateway
+        if not gateway.guard.admit(transport, len(gateway.connections)):  # near the fd limit
             self.transport.abort()
             return
         self.gateway.connections[self] = None

@@ -237,10 +237,16 @@ class ConnectionGuard:
             f"fd_reserve {self.fd_reserve})"
         )
 
-    def admit(self, transport: asyncio.BaseTransport) -> bool:
-        """Whether a new TCP connection may go on to its handshake (else: abort it now)."""
+    def admit(self, transport: asyncio.BaseTransport, held: int = 0) -> bool:
+        """Whether a new TCP connection may go on to its handshake (else: abort it now).
+
+        ``held``: connections open now. While they leave more than ``fd_reserve``
+        descriptors below the ceiling the answer is yes at once: the reserve covers the
+        process's other descriptors, and reading the socket is not free (uvloop makes and
+        keeps a socket object per transport on first ask: about 0.3 KB per connection).
+        """
         ceiling = self.ceiling
-        if ceiling is None:
+        if ceiling is None or held < ceiling - self.fd_reserve:
             return True
         sock = transport.get_extra_info("socket")
         fd = sock.fileno() if sock is not None else -1
