@@ -236,12 +236,15 @@ class Connection(asyncio.Protocol):
     """One websocket peer. All methods run on the event loop thread and never block."""
 
     __slots__ = (
-        "_buckets",
+        "_buy_due",
         "_cork",
         "_fragment_op",
         "_fragments",
         "_handshake_held",
+        "_join_due",
+        "_like_due",
         "_limit",
+        "_ping_due",
         "_tokens",
         "_tokens_at",
         "claims",
@@ -281,7 +284,8 @@ class Connection(asyncio.Protocol):
         self._fragment_op = Opcode.BINARY
         self._tokens = float(gateway.config.rooms.comment_burst)  # comment token bucket
         self._tokens_at = self.opened_at
-        self._buckets: dict[str, tuple[float, float]] | None = None  # kind -> (tokens, at)
+        # Budgets of the other command kinds (GCRA): when each one's bucket is full again.
+        self._like_due = self._buy_due = self._ping_due = self._join_due = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -689,18 +693,20 @@ class Connection(asyncio.Protocol):
         return True
 
     def _take(self, kind: str, rate: float, burst: int, rid: str | int | None) -> bool:
-        """Take one token of the ``kind`` budget (a token bucket); else refuse the command."""
-        buckets = self._buckets
-        if buckets is None:
-            buckets = self._buckets = {}
+        """Spend one unit of the ``kind`` budget (``rate``/s, bursts of ``burst``); else refuse.
+
+        A token bucket kept as one float per kind (GCRA): ``_<kind>_due`` is when the
+        bucket is full again; a command is allowed while that lies at most ``burst - 1``
+        intervals ahead. One float, not a bucket object, per connection and kind.
+        """
+        attr = f"_{kind}_due"
         now = self.last_recv
-        tokens, at = buckets.get(kind, (float(burst), now))
-        tokens = min(float(burst), tokens + (now - at) * rate)
-        if tokens < 1.0:
-            buckets[kind] = (tokens, now)
+        interval = 1.0 / rate
+        due = max(getattr(self, attr), now)
+        if due - now > (burst - 1) * interval:
             self._refuse(ErrorCode.RATE_LIMITED, f"more than {rate:g} {kind} messages/s", rid)
             return False
-        buckets[kind] = (tokens - 1.0, now)
+        setattr(self, attr, due + interval)
         return True
 
     def _on_buy(self, msg: Buy) -> None:
