@@ -34,6 +34,8 @@ from protocol import (
     Like,
     Ping,
     Pong,
+    Refresh,
+    Refreshed,
     RoomEvent,
     SendComment,
     ServerMessage,
@@ -175,6 +177,17 @@ class LiveroomClient:
     async def ping(self) -> Pong:
         answer = await self._request(lambda rid: Ping(rid=rid))
         assert isinstance(answer, Pong)
+        return answer
+
+    async def refresh(self, token: str) -> Refreshed:
+        """Put a fresh token for the same user in force before ``welcome.expires``.
+
+        Raises:
+            CommandError: ``token_invalid``, ``token_expired`` or ``forbidden_room``; the
+                old token stays in force (and the server closes with 4002 when it expires).
+        """
+        answer = await self._request(lambda rid: Refresh(token=token, rid=rid))
+        assert isinstance(answer, Refreshed)
         return answer
 
     # --- events -------------------------------------------------------------------------

@@ -166,3 +166,18 @@ async def test_buy_answers_ok_and_a_retry_with_the_same_rid_returns_the_same_ord
         assert other.status == "sold_out"
         state = await server.desk.state("s1")
         assert state.sold == 1
+
+
+@bounded(10)
+async def test_refresh_puts_a_fresh_token_in_force_and_refusals_raise(
+    server: LiveroomServer,
+) -> None:
+    async with await LiveroomClient.connect(server.url, token("kim", ttl=60)) as kim:
+        assert kim.welcome.expires is not None
+        before = kim.welcome.expires
+        refreshed = await kim.refresh(token("kim", ttl=3600))
+        assert refreshed.expires > before + 3_000_000
+        with pytest.raises(CommandError) as other:
+            await kim.refresh(token("lee"))
+        assert other.value.code == ErrorCode.TOKEN_INVALID
+        await kim.ping()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -23,6 +25,7 @@ from engine.server import LiveroomServer
 from protocol import Buy, Error, ErrorCode, Join, Leave, Like, Ping, Pong, Refresh, Refreshed
 from tests.conftest import Peer, ServerFactory, bounded, expect, token, wait_for_condition
 from tests.processes import Engine
+from tests.test_tls import certificate as certificate  # the fixture
 
 
 def test_close_reason_is_cut_by_bytes_on_a_character_boundary() -> None:
@@ -241,3 +244,36 @@ async def test_rooms_are_capped_per_node_and_event_less_rooms_do_not_pile_up(
     other = await Peer.open(srv, token("late"))
     assert (await other.join("d")).room == "d"
     assert set(hub.rooms) == {"b", "d"}
+
+
+@bounded(60)
+async def test_over_wss_a_client_still_writing_after_an_oversized_message_reads_1009(
+    certificate: tuple[Path, Path],
+) -> None:
+    # TLS cannot half-close, so there the server still closes once the close frame is
+    # out (the TLS close_notify follows it); the client must read 1009 all the same.
+    cert, key = certificate
+    engine = Engine(SERVER_TLS_CERT=str(cert), SERVER_TLS_KEY=str(key))
+    try:
+        engine.start()
+        trust = ssl.create_default_context(cafile=str(cert))
+        url = f"wss://127.0.0.1:{engine.ws_port}/?token={token('big')}"
+        codes = []
+        for size in (100_000, 1_000_000):
+            for _ in range(4):
+                async with connect(
+                    url, ssl=trust, subprotocols=[Subprotocol("liveroom.v1.msgpack")]
+                ) as ws:
+                    await ws.recv()  # welcome
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await ws.send(b"\\x00" * size)
+                        for i in range(500):
+                            await ws.send(msgpack.packb({"t": "ping", "rid": i}))
+                            await asyncio.sleep(0)
+                        while True:
+                            await ws.recv()
+                    rcvd = closed.value.rcvd
+                    codes.append(rcvd.code if rcvd is not None else None)
+        assert codes == [1009] * 8
+    finally:
+        engine.kill()
