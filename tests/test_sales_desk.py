@@ -568,3 +568,22 @@ async def test_a_room_dropped_and_made_again_gets_its_pin_and_sale_back() -> Non
         assert h.desk.unpin(ROOM) is True
         h.desk.attach(again)
         assert again.pin is None
+
+
+@bounded(10)
+async def test_a_service_call_for_a_sale_the_node_never_saw_reaches_the_room() -> None:
+    store = MemoryStockStore()
+    async with desk_harness(store) as other:  # another node (or this one, before a restart)
+        await other.desk.open_sale(spec("far", 2, 1))
+    async with desk_harness(store) as h:  # no load(): the desk has never heard of "far"
+        assert "far" not in h.desk.sales
+        await h.desk.restock("far", 3)
+        await h.flushed()
+        assert h.last_stock("far") == 5
+        assert h.room.sale is not None and (h.room.sale.id, h.room.sale.stock) == ("far", 5)
+        await h.desk.close_sale("far")
+        await h.flushed()
+        closed = [e for e in h.viewer.of(SaleClosed) if isinstance(e, SaleClosed)]
+        assert [(e.sale_id, e.reason) for e in closed] == [("far", "closed")]
+        assert h.room.sale.status == "closed"
+        assert (await h.buy("ann", "far", "a1")).status == "not_open"
