@@ -1,0 +1,31 @@
+"""Room brokers: one order per room and delivery to every node with viewers in it.
+
+The interface and its guarantees are in :mod:`engine.broker.base`; the memory broker is
+the embedded default for one process, the Redis broker shares rooms between processes and
+machines. Not wired into the server yet (the scale-out issue does that next).
+"""
+
+from engine.broker.base import (
+    Broker,
+    BrokerError,
+    BrokerUnavailable,
+    Handler,
+    History,
+    Position,
+    Publication,
+)
+from engine.broker.memory import MemoryBroker
+from engine.broker.redis_broker import RedisBroker, connect
+
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "BrokerUnavailable",
+    "Handler",
+    "History",
+    "MemoryBroker",
+    "Position",
+    "Publication",
+    "RedisBroker",
+    "connect",
+]

@@ -1,0 +1,109 @@
+"""In-process broker: the embedded default for one node, with the Redis broker's semantics.
+
+Every call completes without awaiting anything but itself, so on one event loop each
+publish is atomic. Handlers are called on a later loop turn (``call_soon``, in offset
+order), as a network broker would call them, never inside ``publish``. The epoch of a
+room is made when the room is first used and never changes while the process lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from engine.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Handler,
+    History,
+    Position,
+    Publication,
+)
+
+__all__ = ["MemoryBroker"]
+
+_epochs = itertools.count(1)
+_PREFIX = os.urandom(3).hex()
+
+
+@dataclass(slots=True)
+class _Room:
+    epoch: str
+    history: deque[Publication]
+    offset: int = 0
+    handler: Handler | None = field(default=None)
+
+
+class MemoryBroker(Broker):
+    """A :class:`~engine.broker.base.Broker` in this process's memory.
+
+    Args:
+        history_size: publications kept per room (at least 1).
+    """
+
+    def __init__(self, history_size: int) -> None:
+        self._size = history_size
+        self._rooms: dict[str, _Room] = {}
+        self._closed = False
+
+    def _room(self, name: str) -> _Room:
+        if self._closed:
+            raise BrokerUnavailable("broker is closed")
+        room = self._rooms.get(name)
+        if room is None:
+            epoch = f"m{_PREFIX}{next(_epochs):x}"
+            room = self._rooms[name] = _Room(epoch, deque(maxlen=self._size))
+        return room
+
+    async def publish(self, room: str, data: Sequence[bytes]) -> list[Publication]:
+        r = self._room(room)
+        out = []
+        for payload in data:
+            r.offset += 1
+            publication = Publication(room, r.epoch, r.offset, bytes(payload))
+            r.history.append(publication)
+            out.append(publication)
+        handler = r.handler
+        if handler is not None and out:
+            loop = asyncio.get_running_loop()
+            for publication in out:
+                loop.call_soon(handler, publication)
+        return out
+
+    async def subscribe(self, room: str, handler: Handler) -> Position:
+        r = self._room(room)
+        r.handler = handler
+        return Position(r.epoch, r.offset)
+
+    async def unsubscribe(self, room: str) -> None:
+        r = self._rooms.get(room)
+        if r is not None:
+            r.handler = None
+
+    def subscribed(self, room: str) -> bool:
+        r = self._rooms.get(room)
+        return r is not None and r.handler is not None
+
+    async def history(self, room: str, *, after: int, epoch: str | None, limit: int) -> History:
+        r = self._room(room)
+        position = Position(r.epoch, r.offset)
+        held = r.history
+        oldest = held[0].offset if held else r.offset + 1
+        if epoch == r.epoch and oldest - 1 <= after <= r.offset:
+            start = after - oldest + 1
+            return History(position, tuple(itertools.islice(held, start, start + limit)), True)
+        newest = tuple(itertools.islice(held, max(0, len(held) - limit), None))
+        return History(position, newest, False)
+
+    async def position(self, room: str) -> Position:
+        r = self._room(room)
+        return Position(r.epoch, r.offset)
+
+    async def close(self) -> None:
+        self._closed = True
+        for r in self._rooms.values():
+            r.handler = None

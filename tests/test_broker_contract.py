@@ -1,0 +1,205 @@
+"""The room broker contract: every test runs against the memory and the Redis broker alike.
+
+Two "nodes" share a broker's state: for the memory broker, the same instance (one
+process); for Redis, two brokers on their own connections to one Redis server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from engine.broker import (
+    Broker,
+    BrokerUnavailable,
+    MemoryBroker,
+    Publication,
+    RedisBroker,
+    connect,
+)
+from tests.conftest import wait_for_condition
+from tests.redis_fixture import RedisServer
+
+HISTORY = 5
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Broker]]:
+    if request.param == "memory":
+        broker = MemoryBroker(history_size=HISTORY)
+        yield broker, broker
+        await broker.close()
+        return
+    url = request.getfixturevalue("redis_url")
+    a = await connect(url, history_size=HISTORY, timeout=2.0)
+    b = await connect(url, history_size=HISTORY, timeout=2.0)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+class Inbox:
+    """A handler that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.got: list[Publication] = []
+
+    def __call__(self, publication: Publication) -> None:
+        self.got.append(publication)
+
+    async def wait(self, n: int) -> list[Publication]:
+        await wait_for_condition(lambda: len(self.got) >= n)
+        return self.got
+
+
+async def test_publish_gives_consecutive_offsets_in_one_epoch(
+    nodes: tuple[Broker, Broker],
+) -> None:
+    a, b = nodes
+    first = await a.publish("r1", [b"one", b"two"])
+    second = await b.publish("r1", [b"three"])
+    assert [(p.offset, p.data) for p in first + second] == [(1, b"one"), (2, b"two"), (3, b"three")]
+    assert len({p.epoch for p in first + second}) == 1
+    position = await a.position("r1")
+    assert (position.epoch, position.offset) == (first[0].epoch, 3)
+    other = await a.publish("r2", [b"x"])
+    assert other[0].offset == 1  # rooms are numbered apart
+
+
+async def test_every_node_subscribed_gets_each_publication_once_in_order(
+    nodes: tuple[Broker, Broker],
+) -> None:
+    a, b = nodes
+    inbox = Inbox()
+    start = await b.subscribe("live", inbox)
+    assert start.offset == 0
+    for i in range(20):
+        await a.publish("live", [f"m{i}".encode(), f"n{i}".encode()])
+    got = await inbox.wait(40)
+    await asyncio.sleep(0.05)
+    assert [p.offset for p in got] == list(range(1, 41))
+    assert got[0].data == b"m0" and got[-1].data == b"n19"
+    assert {p.room for p in got} == {"live"}
+
+
+async def test_history_resumes_after_an_offset_or_says_resync(
+    nodes: tuple[Broker, Broker],
+) -> None:
+    a, _ = nodes
+    published = await a.publish("h", [f"e{i}".encode() for i in range(1, 5)])
+    epoch = published[0].epoch
+    resumed = await a.history("h", after=2, epoch=epoch, limit=100)
+    assert resumed.complete and [p.offset for p in resumed.publications] == [3, 4]
+    assert (resumed.position.epoch, resumed.position.offset) == (epoch, 4)
+    assert resumed.publications[0].data == b"e3"
+    up_to_date = await a.history("h", after=4, epoch=epoch, limit=100)
+    assert up_to_date.complete and up_to_date.publications == ()
+    limited = await a.history("h", after=0, epoch=epoch, limit=2)
+    assert limited.complete and [p.offset for p in limited.publications] == [1, 2]
+    for after, ep in ((5, epoch), (1, "another-epoch"), (0, None)):
+        resync = await a.history("h", after=after, epoch=ep, limit=3)
+        assert not resync.complete
+        assert [p.offset for p in resync.publications] == [2, 3, 4]  # the newest held
+    await a.publish("h", [f"e{i}".encode() for i in range(5, 9)])  # 8 > HISTORY = 5
+    gone = await a.history("h", after=2, epoch=epoch, limit=100)
+    assert not gone.complete and [p.offset for p in gone.publications] == [4, 5, 6, 7, 8]
+    still = await a.history("h", after=3, epoch=epoch, limit=100)
+    assert still.complete and [p.offset for p in still.publications] == [4, 5, 6, 7, 8]
+
+
+async def test_unsubscribed_nodes_get_nothing_more(nodes: tuple[Broker, Broker]) -> None:
+    a, b = nodes
+    inbox = Inbox()
+    await b.subscribe("quiet", inbox)
+    await a.publish("quiet", [b"before"])
+    await inbox.wait(1)
+    await b.unsubscribe("quiet")
+    await b.unsubscribe("quiet")  # idempotent
+    await a.publish("quiet", [b"after"])
+    await asyncio.sleep(0.2)
+    assert [p.data for p in inbox.got] == [b"before"]
+
+
+async def test_a_closed_broker_raises_broker_unavailable(nodes: tuple[Broker, Broker]) -> None:
+    a, _ = nodes
+    await a.close()
+    with pytest.raises(BrokerUnavailable):
+        await a.publish("r", [b"x"])
+
+
+# --- Redis only ------------------------------------------------------------------------
+
+
+async def test_a_room_whose_history_was_flushed_starts_a_new_epoch(redis_url: str) -> None:
+    broker = await connect(redis_url, history_size=HISTORY)
+    try:
+        old = await broker.publish("f", [b"a", b"b"])
+        await broker._client.flushall()
+        new = await broker.publish("f", [b"c"])
+        assert new[0].offset == 1 and new[0].epoch != old[0].epoch
+        resume = await broker.history("f", after=2, epoch=old[0].epoch, limit=10)
+        assert not resume.complete and [p.data for p in resume.publications] == [b"c"]
+    finally:
+        await broker.close()
+
+
+async def test_a_lost_meta_hash_drops_the_leftover_stream(redis_url: str) -> None:
+    broker = await connect(redis_url, history_size=HISTORY)
+    try:
+        old = await broker.publish("m", [b"a", b"b", b"c"])
+        meta, stream, _ = broker.keys("m")
+        await broker._client.delete(meta)  # evicted, say
+        position = await broker.position("m")
+        assert position.offset == 0 and position.epoch != old[0].epoch
+        assert await broker._client.exists(stream) == 0
+        assert (await broker.publish("m", [b"d"]))[0].offset == 1
+    finally:
+        await broker.close()
+
+
+async def test_keys_of_a_room_share_one_hash_tag_and_subscriptions_go_away(
+    redis_url: str,
+) -> None:
+    a = await connect(redis_url, history_size=HISTORY)
+    b = await connect(redis_url, history_size=HISTORY)
+    watcher = aioredis.Redis.from_url(redis_url)
+    try:
+        meta, stream, channel = b.keys("直播间-1")
+        assert all(k.startswith("lr:{room:直播间-1}:") for k in (meta, stream, channel))
+        inbox = Inbox()
+        await b.subscribe("直播间-1", inbox)
+        assert (await watcher.pubsub_numsub(channel))[0][1] == 1
+        await a.publish("直播间-1", [b"hi"])
+        await inbox.wait(1)
+        await b.unsubscribe("直播间-1")
+        for _ in range(500):  # the command is sent; Redis acts on it when it arrives
+            if (await watcher.pubsub_numsub(channel))[0][1] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert (await watcher.pubsub_numsub(channel))[0][1] == 0
+    finally:
+        await a.close()
+        await b.close()
+        await watcher.aclose()
+
+
+async def test_an_unreachable_redis_raises_broker_unavailable_in_bounded_time(
+    own_redis: RedisServer,
+) -> None:
+    broker = await connect(own_redis.url, history_size=HISTORY, timeout=0.5)
+    try:
+        await broker.publish("u", [b"a"])
+        own_redis.kill()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish("u", [b"b"])
+        assert loop.time() - started < 3.0
+    finally:
+        await broker.close()
+    assert isinstance(broker, RedisBroker)
