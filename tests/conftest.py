@@ -62,6 +62,8 @@ from protocol import (
 )
 
 # The Redis fixtures, for every test module (they start nothing until a test asks).
+from tests.redis_cluster import redis_cluster_fixture as redis_cluster_fixture
+from tests.redis_cluster import redis_cluster_url_fixture as redis_cluster_url_fixture
 from tests.redis_fixture import own_redis_fixture as own_redis_fixture
 from tests.redis_fixture import redis_server_fixture as redis_server_fixture
 from tests.redis_fixture import redis_url_fixture as redis_url_fixture

@@ -35,6 +35,7 @@ __all__ = [
     "FakeClock",
     "RedisServer",
     "find_redis_server",
+    "free_port",
     "own_redis_fixture",
     "redis_server_fixture",
     "redis_url_fixture",
@@ -72,7 +73,7 @@ def find_redis_server() -> str:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -82,10 +83,13 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 with AOF persistence in ``directory``."""
 
-    def __init__(self, binary: str, directory: Path, port: int) -> None:
+    def __init__(
+        self, binary: str, directory: Path, port: int, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.binary = binary
         self.directory = directory
         self.port = port
+        self.extra_args = extra_args  # e.g. the cluster options of tests/redis_cluster.py
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
 
@@ -113,6 +117,7 @@ class RedisServer:
             "--dir", str(self.directory),
             "--daemonize", "no",
             "--protected-mode", "no",
+            *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -197,7 +202,7 @@ class RedisServer:
 def start_redis(directory: Path) -> Iterator[RedisServer]:
     """A started private server keeping its files in ``directory``; stopped on exit."""
     directory.mkdir(parents=True, exist_ok=True)
-    server = RedisServer(find_redis_server(), directory, _free_port())
+    server = RedisServer(find_redis_server(), directory, free_port())
     server.start()
     try:
         yield server

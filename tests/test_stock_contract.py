@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from engine.stock import (
     MAX_BATCH,
@@ -44,13 +45,16 @@ def clock() -> FakeClock:
     return FakeClock(T0)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[StockStore]:
     s: StockStore
     if request.param == "memory":
         s = MemoryStockStore(clock=clock)
-    else:
+    elif request.param == "redis":
         s = await connect(request.getfixturevalue("redis_url"), timeout=5.0, clock=clock)
+    else:  # a 3-primary Redis Cluster started on loopback by the tests
+        url = request.getfixturevalue("redis_cluster_url")
+        s = await connect(url, timeout=5.0, clock=clock, cluster=True)
     yield s
     await s.close()
 
@@ -605,3 +609,36 @@ def test_specs_and_requests_are_validated() -> None:
     with pytest.raises(InvalidRequest):
         PurchaseRequest("s1", "u", True, "r")
     assert spec(starts_at=int(T0)).starts_at == T0  # ints are taken as floats
+
+
+# --- Redis Cluster only -----------------------------------------------------------------
+
+
+async def test_a_batch_spanning_sales_on_different_shards_is_answered_per_sale(
+    redis_cluster_url: str, clock: FakeClock
+) -> None:
+    store = await connect(redis_cluster_url, timeout=5.0, clock=clock, cluster=True)
+    try:
+        client = store.client
+        assert isinstance(client, RedisCluster)
+        # Two sales whose keys live on different primaries.
+        by_node: dict[str, str] = {}
+        for i in range(100):
+            sale_id = f"shard{i}"
+            node = client.get_node_from_key(store.keys(sale_id)[0])
+            assert node is not None
+            by_node.setdefault(node.name, sale_id)
+        assert len(by_node) == 3
+        a, b = list(by_node.values())[:2]
+        await store.open_sale(spec(a, stock=3, per_user_limit=5))
+        await store.open_sale(spec(b, stock=1, per_user_limit=5))
+        requests = [buy(f"u{i}", 1, f"x{i}", sale=a if i % 2 else b) for i in range(8)]
+        results = await store.purchase_many(requests)
+        assert [r.request_id for r in results] == [f"x{i}" for i in range(8)]
+        assert [r.status for r in results if r.order_id and r.order_id.startswith(a)] == [OK] * 3
+        assert sum(r.status is OK for r in results) == 4
+        for sale_id in (a, b):
+            await check_invariants(store, sale_id)
+        assert {s.sale_id for s in await store.recent_sales(T0)} == {a, b}
+    finally:
+        await store.close()

@@ -11,7 +11,8 @@ Guarantees (beyond those of :mod:`engine.stock.base`):
   sale is one EVALSHA, so one round trip answers many buyers, each with its own answer.
   Batches spanning sales go out as one pipeline of EVALSHAs (one per sale).
 * All keys of a sale share the hash tag ``{sale:ID}``, so every script touches one slot
-  and the layout works on Redis Cluster::
+  and the layout works on Redis Cluster (:func:`connect` with ``cluster=True``; the
+  contract suite runs against a 3-primary cluster too)::
 
       <prefix>:{sale:ID}:meta       hash   room product_id price per_user_limit starts_at
                                            ends_at closed initial restocked remaining sold seq
@@ -57,6 +58,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -158,6 +160,8 @@ class RedisStockStore(StockStore):
         op_timeout: seconds after which any call raises :class:`StoreUnavailable`
             (None: rely on the client's socket timeouts alone).
         close_client: whether :meth:`close` closes ``client``.
+        max_in_flight: most calls in flight at once (None: no bound of the store's own);
+            :func:`connect` bounds a cluster client, whose pool fails instead of waiting.
     """
 
     __slots__ = (
@@ -165,6 +169,7 @@ class RedisStockStore(StockStore):
         "_clock",
         "_close_client",
         "_closed",
+        "_in_flight",
         "_op_timeout",
         "_prefix",
         "_scripts",
@@ -172,12 +177,13 @@ class RedisStockStore(StockStore):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         clock: Callable[[], float] = time.time,
         key_prefix: str = "lr",
         *,
         op_timeout: float | None = 5.0,
         close_client: bool = True,
+        max_in_flight: int | None = None,
     ) -> None:
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             raise InvalidRequest("key_prefix must be non-empty and contain no braces")
@@ -188,9 +194,13 @@ class RedisStockStore(StockStore):
         self._close_client = close_client
         self._closed = False
         self._scripts = load_scripts()
+        # Calls in flight at once (for a cluster client, which fails rather than waits
+        # when a node's connections are all busy); callers beyond it wait, within the
+        # call's time bound.
+        self._in_flight = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> aioredis.Redis | RedisCluster:
         return self._client
 
     @property
@@ -221,7 +231,10 @@ class RedisStockStore(StockStore):
             raise StoreUnavailable("stock store is closed")
         try:
             async with asyncio.timeout(self._op_timeout):
-                return await call()
+                if self._in_flight is None:
+                    return await call()
+                async with self._in_flight:
+                    return await call()
         except TimeoutError as exc:  # our deadline (asyncio.timeout)
             raise StoreUnavailable(f"redis did not answer within {self._op_timeout} s") from exc
         except _UNAVAILABLE as exc:
@@ -436,7 +449,24 @@ class RedisStockStore(StockStore):
     async def _pipelined_purchases(
         self, calls: list[tuple[list[PurchaseRequest], list[str], list[str | int]]]
     ) -> list[Any]:
-        """One pipeline of EVALSHAs (preloaded SHA); calls that got NOSCRIPT run again."""
+        """One pipeline of EVALSHAs (preloaded SHA); calls that got NOSCRIPT run again.
+
+        On a cluster, whose client refuses scripts in pipelines, the sales (each on its
+        own slot) run concurrently instead, each sale's chunks one after another, in order.
+        """
+        if isinstance(self._client, RedisCluster):
+            replies: list[Any] = [None] * len(calls)
+            by_sale: dict[str, list[int]] = {}
+            for i, (batch, _keys, _args) in enumerate(calls):
+                by_sale.setdefault(batch[0].sale_id, []).append(i)
+
+            async def run_sale(indices: list[int]) -> None:
+                for i in indices:
+                    _batch, keys, args = calls[i]
+                    replies[i] = await self._eval("purchase", keys, args)
+
+            await asyncio.gather(*(run_sale(indices) for indices in by_sale.values()))
+            return replies
         sha = self._scripts["purchase"].sha
         pipe = self._client.pipeline(transaction=False)
         for _batch, keys, args in calls:
@@ -546,6 +576,7 @@ async def connect(
     clock: Callable[[], float] = time.time,
     key_prefix: str = "lr",
     max_connections: int = 64,
+    cluster: bool = False,
 ) -> RedisStockStore:
     """A loaded :class:`RedisStockStore` on its own time-bounded client.
 
@@ -556,20 +587,39 @@ async def connect(
         clock: the store clock.
         key_prefix: first part of every key.
         max_connections: pool size; callers beyond it wait (within ``timeout``).
+        cluster: ``url`` names a node of a Redis Cluster: use redis-py's cluster client
+            (it finds the other nodes; every key of a sale is in one slot). It never
+            retries a command by itself either: a restock must not run twice.
 
     Raises:
         StoreUnavailable: Redis cannot be reached within ``timeout``.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+    client: aioredis.Redis | RedisCluster
+    if cluster:
+        client = RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        client = aioredis.Redis.from_pool(pool)
+    store = RedisStockStore(
+        client,
+        clock=clock,
+        key_prefix=key_prefix,
+        op_timeout=timeout,
+        max_in_flight=max_connections if cluster else None,
     )
-    client = aioredis.Redis.from_pool(pool)
-    store = RedisStockStore(client, clock=clock, key_prefix=key_prefix, op_timeout=timeout)
     try:
         await store.load()
     except BaseException:
