@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from engine.broker import (
     Broker,
@@ -26,16 +27,17 @@ from tests.redis_fixture import RedisServer
 HISTORY = 5
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Broker]]:
     if request.param == "memory":
         broker = MemoryBroker(history_size=HISTORY)
         yield broker, broker
         await broker.close()
         return
-    url = request.getfixturevalue("redis_url")
-    a = await connect(url, history_size=HISTORY, timeout=2.0)
-    b = await connect(url, history_size=HISTORY, timeout=2.0)
+    cluster = request.param == "cluster"  # a 3-primary Redis Cluster on loopback
+    url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    a = await connect(url, history_size=HISTORY, timeout=2.0, cluster=cluster)
+    b = await connect(url, history_size=HISTORY, timeout=2.0, cluster=cluster)
     try:
         yield a, b
     finally:
@@ -203,3 +205,51 @@ async def test_an_unreachable_redis_raises_broker_unavailable_in_bounded_time(
     finally:
         await broker.close()
     assert isinstance(broker, RedisBroker)
+
+
+# --- Redis Cluster only -----------------------------------------------------------------
+
+
+async def test_rooms_on_every_shard_deliver_and_shard_subscriptions_go_away(
+    redis_cluster_url: str,
+) -> None:
+    a = await connect(redis_cluster_url, history_size=HISTORY, cluster=True)
+    b = await connect(redis_cluster_url, history_size=HISTORY, cluster=True)
+    try:
+        client = b._client
+        assert isinstance(client, RedisCluster)
+        rooms: dict[str, str] = {}  # node name -> a room whose keys it holds
+        for i in range(100):
+            node = client.get_node_from_key(b.keys(f"show-{i}")[2])
+            assert node is not None
+            rooms.setdefault(node.name, f"show-{i}")
+        assert len(rooms) == 3
+        inboxes = {room: Inbox() for room in rooms.values()}
+        for room, inbox in inboxes.items():
+            await b.subscribe(room, inbox)
+        for room in inboxes:
+            for i in range(3):
+                await a.publish(room, [f"{room}/{i}".encode()])
+        for room, inbox in inboxes.items():
+            got = await inbox.wait(3)
+            assert [(p.offset, p.data) for p in got] == [
+                (i + 1, f"{room}/{i}".encode()) for i in range(3)
+            ]
+        for room in inboxes:
+            channel = b.keys(room)[2]
+            node = client.get_node_from_key(channel)
+            assert node is not None
+            shard = aioredis.Redis(host=node.host, port=int(node.port))
+            try:
+                assert (await shard.pubsub_shardnumsub(channel))[0][1] == 1
+                await b.unsubscribe(room)
+                for _ in range(500):  # the command is sent; the shard acts when it arrives
+                    if (await shard.pubsub_shardnumsub(channel))[0][1] == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert (await shard.pubsub_shardnumsub(channel))[0][1] == 0
+            finally:
+                await shard.aclose()
+    finally:
+        await a.close()
+        await b.close()

@@ -16,15 +16,20 @@ Guarantees (beyond those of :mod:`engine.broker.base`):
 
   A room whose meta hash is lost starts a new epoch and drops any stream left over, so
   offsets of different epochs never mix.
-* One pub/sub connection per broker; a reader task (started by the first subscription)
-  calls each room's handler in offset order. Bounded time: every call other than the
-  reader's wait raises :class:`BrokerUnavailable` within ``timeout`` seconds.
+* On a Redis Cluster (:func:`connect` with ``cluster=True``) the script publishes with
+  SPUBLISH and nodes subscribe with SSUBSCRIBE: a room's messages stay on its shard.
+* One pub/sub connection per broker (per shard on a cluster); a reader task (started by
+  the first subscription) calls each room's handler in offset order. Bounded time: every
+  call other than the reader's wait raises :class:`BrokerUnavailable` within ``timeout``
+  seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import importlib.resources
 import itertools
@@ -37,6 +42,7 @@ from typing import Any, Final, TypeVar
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -58,7 +64,7 @@ __all__ = ["RedisBroker", "connect"]
 log = logging.getLogger("liveroom.broker")
 T = TypeVar("T")
 
-SCRIPT_NAMES: Final = ("publish", "position")
+SCRIPT_NAMES: Final = ("publish", "position", "history")
 _epochs = itertools.count(1)
 _NODE = os.urandom(3).hex()
 
@@ -85,7 +91,7 @@ class RedisBroker(Broker):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         history_size: int,
         key_prefix: str = "lr",
@@ -100,9 +106,9 @@ class RedisBroker(Broker):
         for name in SCRIPT_NAMES:
             source = (folder / f"{name}.lua").read_text(encoding="utf-8")
             self._scripts[name] = (source, hashlib.sha1(source.encode()).hexdigest())
-        self._pubsub: PubSub | None = None
+        self._cluster = isinstance(client, RedisCluster)  # sharded pub/sub on a cluster
+        self._feeds: dict[str, _Feed] = {}  # shard (node name) -> its pub/sub feed
         self._handlers: dict[str, tuple[str, Handler]] = {}  # channel -> (room, handler)
-        self._reader: asyncio.Task[None] | None = None
         self._closed = False
 
     # --- keys and plumbing -----------------------------------------------------------
@@ -148,7 +154,8 @@ class RedisBroker(Broker):
         if not data:
             return []
         meta, history, channel = self.keys(room)
-        args = [channel, self._size, _new_epoch(), "PUBLISH", len(data), *data]
+        command = "SPUBLISH" if self._cluster else "PUBLISH"
+        args = [channel, self._size, _new_epoch(), command, len(data), *data]
         reply = await self._run(lambda: self._eval("publish", [meta, history], args))
         epoch, first = _text(reply[0]), int(reply[1])
         return [
@@ -162,16 +169,8 @@ class RedisBroker(Broker):
 
     async def history(self, room: str, *, after: int, epoch: str | None, limit: int) -> History:
         meta, stream, _ = self.keys(room)
-
-        async def read() -> tuple[Any, Any, Any]:
-            pipe = self._client.pipeline(transaction=True)  # one slot: one MULTI
-            pipe.hmget(meta, "e", "s")
-            pipe.xrange(stream, f"{after + 1}-1", "+", count=limit)
-            pipe.xrevrange(stream, "+", "-", count=limit)
-            top_epoch, entries, newest = await pipe.execute()
-            return top_epoch, entries, newest
-
-        (raw_epoch, raw_top), entries, newest = await self._run(read)
+        reply = await self._run(lambda: self._eval("history", [meta, stream], [after, limit]))
+        raw_epoch, raw_top, entries, newest = reply
         if raw_epoch is None:  # no room yet: start its epoch, nothing to resume
             return History(await self.position(room), (), epoch is None and after == 0)
         position = Position(_text(raw_epoch), int(raw_top))
@@ -188,35 +187,73 @@ class RedisBroker(Broker):
 
     @staticmethod
     def _entry(room: str, epoch: str, entry: Any) -> Publication:
+        """A stream entry as the script returns it: ``[id, [b"d", payload]]``."""
         entry_id, fields = entry
         offset = int(_text(entry_id).split("-", 1)[0])
-        data = fields.get(b"d", fields.get("d", b""))
+        data = fields[1]
         return Publication(room, epoch, offset, data if isinstance(data, bytes) else data.encode())
 
     # --- subscriptions ---------------------------------------------------------------
 
     async def subscribe(self, room: str, handler: Handler) -> Position:
         _, _, channel = self.keys(room)
-        if self._pubsub is None:
-            self._pubsub = self._client.pubsub()
-        pubsub = self._pubsub
+        feed = self._feed_for(channel)
         self._handlers[channel] = (room, handler)
-        await self._run(lambda: pubsub.subscribe(channel))
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+        pubsub = feed.pubsub
+        if self._cluster:
+            await self._run(lambda: pubsub.ssubscribe(channel))
+        else:
+            await self._run(lambda: pubsub.subscribe(channel))
+        feed.channels.add(channel)
         return await self.position(room)
 
     async def unsubscribe(self, room: str) -> None:
         _, _, channel = self.keys(room)
-        if self._handlers.pop(channel, None) is not None and self._pubsub is not None:
-            pubsub = self._pubsub
-            await self._run(lambda: pubsub.unsubscribe(channel))
+        self._handlers.pop(channel, None)
+        for feed in self._feeds.values():
+            if channel in feed.channels:
+                feed.channels.discard(channel)
+                await self._run(
+                    functools.partial(
+                        feed.pubsub.sunsubscribe if self._cluster else feed.pubsub.unsubscribe,
+                        channel,
+                    )
+                )
 
-    async def _read(self) -> None:
-        """Deliver pub/sub messages to their rooms' handlers until closed."""
-        pubsub = self._pubsub
-        assert pubsub is not None
+    def _feed_for(self, channel: str) -> _Feed:
+        """The pub/sub connection (and its reader task) of the shard that holds ``channel``."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(channel)
+            if node is None:
+                raise BrokerUnavailable(f"no cluster node holds {channel!r}")
+            name = node.name
+        else:
+            name = "redis"
+        feed = self._feeds.get(name)
+        if feed is None:
+            if isinstance(client, RedisCluster):
+                # A plain client per shard: redis-py's ClusterPubSub round-robins over its
+                # shards with blocking reads, which would delay one shard behind another.
+                assert node is not None
+                shard = aioredis.Redis(
+                    host=node.host,
+                    port=int(node.port),
+                    socket_timeout=None,
+                    retry=Retry(NoBackoff(), 0),
+                )
+                pubsub = shard.pubsub()
+            else:
+                shard, pubsub = None, client.pubsub()
+            task = asyncio.get_running_loop().create_task(self._read(pubsub))
+            feed = self._feeds[name] = _Feed(pubsub, task, shard)
+        return feed
+
+    async def _read(self, pubsub: PubSub) -> None:
+        """Deliver one shard's pub/sub messages to their rooms' handlers until closed."""
+        loop = asyncio.get_running_loop()
         while not self._closed:
+            started = loop.time()
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
@@ -225,10 +262,13 @@ class RedisBroker(Broker):
                 log.warning("broker pub/sub read failed (%s); retrying", exc)
                 await asyncio.sleep(0.2)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None:
+                if loop.time() - started < 0.01:  # returned at once (nothing subscribed)
+                    await asyncio.sleep(0.05)
                 continue
-            channel = _text(message["channel"])
-            target = self._handlers.get(channel)
+            if _text(message.get("type", "")) not in ("message", "smessage"):
+                continue
+            target = self._handlers.get(_text(message["channel"]))
             if target is None:
                 continue
             room, handler = target
@@ -243,30 +283,61 @@ class RedisBroker(Broker):
         if self._closed:
             return
         self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
+        for feed in self._feeds.values():
+            feed.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._pubsub is not None:
+                await feed.task
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await feed.pubsub.aclose()  # type: ignore[no-untyped-call]
+            if feed.shard is not None:
+                with contextlib.suppress(Exception):
+                    await feed.shard.aclose()
+        self._feeds.clear()
         await self._client.aclose()
 
 
+@dataclasses.dataclass(slots=True)
+class _Feed:
+    """One shard's pub/sub connection, its reader task and the channels subscribed there."""
+
+    pubsub: PubSub
+    task: asyncio.Task[None]
+    shard: aioredis.Redis | None  # the shard's own client (cluster), closed with the feed
+    channels: set[str] = dataclasses.field(default_factory=set)
+
+
 async def connect(
-    url: str, *, history_size: int, key_prefix: str = "lr", timeout: float = 1.0
+    url: str,
+    *,
+    history_size: int,
+    key_prefix: str = "lr",
+    timeout: float = 1.0,
+    cluster: bool = False,
 ) -> RedisBroker:
     """A :class:`RedisBroker` on its own time-bounded client, its scripts loaded.
+
+    With ``cluster``, ``url`` names a node of a Redis Cluster: redis-py's cluster client
+    finds the others, and rooms use sharded pub/sub (SPUBLISH / SSUBSCRIBE) on the shard
+    that holds their keys.
 
     Raises:
         BrokerUnavailable: Redis cannot be reached within ``timeout``.
     """
-    client = aioredis.Redis.from_url(
-        url,
-        socket_timeout=None,  # the pub/sub reader waits; calls are bounded by _run
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    client: aioredis.Redis | RedisCluster
+    if cluster:
+        client = RedisCluster.from_url(
+            url,
+            socket_timeout=None,  # the pub/sub reader waits; calls are bounded by _run
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+    else:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=None,  # the pub/sub reader waits; calls are bounded by _run
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
     broker = RedisBroker(client, history_size=history_size, key_prefix=key_prefix, timeout=timeout)
     try:
         await broker.load()
