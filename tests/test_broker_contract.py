@@ -22,22 +22,29 @@ from engine.broker import (
     connect,
 )
 from tests.conftest import wait_for_condition
-from tests.redis_fixture import RedisServer
+from tests.redis_fixture import T0, FakeClock, RedisServer
 
 HISTORY = 5
 
 
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
 @pytest.fixture(params=["memory", "redis", "cluster"])
-async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Broker]]:
+async def nodes(
+    request: pytest.FixtureRequest, clock: FakeClock
+) -> AsyncIterator[tuple[Broker, Broker]]:
     if request.param == "memory":
-        broker = MemoryBroker(history_size=HISTORY)
+        broker = MemoryBroker(history_size=HISTORY, clock=clock)
         yield broker, broker
         await broker.close()
         return
     cluster = request.param == "cluster"  # a 3-primary Redis Cluster on loopback
     url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
-    a = await connect(url, history_size=HISTORY, timeout=2.0, cluster=cluster)
-    b = await connect(url, history_size=HISTORY, timeout=2.0, cluster=cluster)
+    a = await connect(url, history_size=HISTORY, timeout=2.0, cluster=cluster, clock=clock)
+    b = await connect(url, history_size=HISTORY, timeout=2.0, cluster=cluster, clock=clock)
     try:
         yield a, b
     finally:
@@ -125,6 +132,26 @@ async def test_unsubscribed_nodes_get_nothing_more(nodes: tuple[Broker, Broker])
     await a.publish("quiet", [b"after"])
     await asyncio.sleep(0.2)
     assert [p.data for p in inbox.got] == [b"before"]
+
+
+async def test_viewer_counts_add_up_over_nodes_and_a_silent_node_stops_counting(
+    nodes: tuple[Broker, Broker], clock: FakeClock
+) -> None:
+    a, b = nodes
+    assert await a.report_viewers("node-a", {"show": 120, "other": 3}, ttl=5) == {
+        "show": 120,
+        "other": 3,
+    }
+    assert await b.report_viewers("node-b", {"show": 80}, ttl=5) == {"show": 200}
+    clock.advance(3)
+    assert await a.report_viewers("node-a", {"show": 100}, ttl=5) == {"show": 180}
+    clock.advance(3)  # node-b said nothing for 6 s > its 5 s: its viewers stop counting
+    assert await a.report_viewers("node-a", {"show": 100, "other": 0}, ttl=5) == {
+        "show": 100,
+        "other": 0,
+    }
+    assert await b.report_viewers("node-b", {"show": 7}, ttl=5) == {"show": 107}
+    assert await b.report_viewers("node-b", {"show": 0}, ttl=5) == {"show": 100}
 
 
 async def test_a_closed_broker_raises_broker_unavailable(nodes: tuple[Broker, Broker]) -> None:

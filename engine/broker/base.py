@@ -18,13 +18,16 @@ Guarantees of every :class:`Broker` (one contract test suite runs against all):
 * A subscriber's handler is called for each publication of its room, in offset order,
   from the event loop; a subscriber that misses publications (e.g. across a reconnect)
   notices the gap by offset and fills it with :meth:`Broker.history`.
+* Viewer counts: each node reports its per-room counts with an expiry
+  (:meth:`Broker.report_viewers`) and reads back each room's total over the live nodes;
+  no per-viewer traffic crosses the network.
 * A failure to reach the backend raises :class:`BrokerUnavailable` within a bounded time:
   whether a publish took effect is then unknown to the caller (it was not acknowledged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -114,6 +117,16 @@ class Broker(Protocol):
 
     async def position(self, room: str) -> Position:
         """The room's epoch and newest offset."""
+        ...
+
+    async def report_viewers(
+        self, node: str, counts: Mapping[str, int], ttl: float
+    ) -> dict[str, int]:
+        """Record this node's viewer count per room, valid for ``ttl`` seconds.
+
+        Returns each room's total over every node whose count has not expired (a dead
+        node's viewers stop counting within ``ttl``). A count of 0 withdraws the node.
+        """
         ...
 
     async def close(self) -> None:

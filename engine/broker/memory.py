@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from engine.broker.base import (
@@ -43,11 +44,14 @@ class MemoryBroker(Broker):
 
     Args:
         history_size: publications kept per room (at least 1).
+        clock: unix seconds now, for viewer-count expiry (inject a fake one in tests).
     """
 
-    def __init__(self, history_size: int) -> None:
+    def __init__(self, history_size: int, *, clock: Callable[[], float] = time.time) -> None:
         self._size = history_size
         self._rooms: dict[str, _Room] = {}
+        self._viewers: dict[str, dict[str, tuple[int, float]]] = {}  # room -> node -> (n, exp)
+        self._clock = clock
         self._closed = False
 
     def _room(self, name: str) -> _Room:
@@ -102,6 +106,27 @@ class MemoryBroker(Broker):
     async def position(self, room: str) -> Position:
         r = self._room(room)
         return Position(r.epoch, r.offset)
+
+    async def report_viewers(
+        self, node: str, counts: Mapping[str, int], ttl: float
+    ) -> dict[str, int]:
+        if self._closed:
+            raise BrokerUnavailable("broker is closed")
+        now = self._clock()
+        totals = {}
+        for room, count in counts.items():
+            nodes = self._viewers.setdefault(room, {})
+            if count > 0:
+                nodes[node] = (count, now + ttl)
+            else:
+                nodes.pop(node, None)
+            for other, (_n, expires) in list(nodes.items()):
+                if expires <= now:
+                    del nodes[other]
+            totals[room] = sum(n for n, _ in nodes.values())
+            if not nodes:
+                del self._viewers[room]
+        return totals
 
     async def close(self) -> None:
         self._closed = True

@@ -13,6 +13,7 @@ Guarantees (beyond those of :mod:`engine.broker.base`):
       <prefix>:{room:NAME}:meta      hash    e = epoch, s = top offset
       <prefix>:{room:NAME}:history   stream  d = payload, id "<offset>-1"
       <prefix>:{room:NAME}:channel   the pub/sub channel (msgpack [epoch, first, [payloads]])
+      <prefix>:{room:NAME}:viewers   hash    node id -> "count|expires_ms" (viewers.lua)
 
   A room whose meta hash is lost starts a new epoch and drops any stream left over, so
   offsets of different epochs never mix.
@@ -36,7 +37,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import msgpack
@@ -64,7 +65,7 @@ __all__ = ["RedisBroker", "connect"]
 log = logging.getLogger("liveroom.broker")
 T = TypeVar("T")
 
-SCRIPT_NAMES: Final = ("publish", "position", "history")
+SCRIPT_NAMES: Final = ("publish", "position", "history", "viewers")
 _epochs = itertools.count(1)
 _NODE = os.urandom(3).hex()
 
@@ -87,6 +88,7 @@ class RedisBroker(Broker):
         history_size: publications kept per room.
         key_prefix: first part of every key (no braces).
         timeout: seconds within which every call answers or raises BrokerUnavailable.
+        clock: unix seconds now, for viewer-count expiry.
     """
 
     def __init__(
@@ -96,8 +98,10 @@ class RedisBroker(Broker):
         history_size: int,
         key_prefix: str = "lr",
         timeout: float = 1.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._size = history_size
         self._prefix = key_prefix
         self._timeout = timeout
@@ -117,6 +121,10 @@ class RedisBroker(Broker):
         """The room's meta key, history key and channel."""
         base = f"{self._prefix}:{{room:{room}}}:"
         return base + "meta", base + "history", base + "channel"
+
+    def viewers_key(self, room: str) -> str:
+        """The room's viewer counts per node (hash node -> "count|expires_ms")."""
+        return f"{self._prefix}:{{room:{room}}}:viewers"
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         if self._closed:
@@ -166,6 +174,23 @@ class RedisBroker(Broker):
         meta, history, _ = self.keys(room)
         reply = await self._run(lambda: self._eval("position", [meta, history], [_new_epoch()]))
         return Position(_text(reply[0]), int(reply[1]))
+
+    async def report_viewers(
+        self, node: str, counts: Mapping[str, int], ttl: float
+    ) -> dict[str, int]:
+        now_ms, ttl_ms = int(self._clock() * 1000), max(1, int(ttl * 1000))
+        rooms = list(counts)
+
+        async def run() -> list[Any]:
+            # One script run per room (each in its room's slot), concurrently.
+            calls = (
+                self._eval("viewers", [self.viewers_key(r)], [node, counts[r], now_ms, ttl_ms])
+                for r in rooms
+            )
+            return list(await asyncio.gather(*calls))
+
+        totals = await self._run(run)
+        return {room: int(total) for room, total in zip(rooms, totals, strict=True)}
 
     async def history(self, room: str, *, after: int, epoch: str | None, limit: int) -> History:
         meta, stream, _ = self.keys(room)
@@ -313,6 +338,7 @@ async def connect(
     key_prefix: str = "lr",
     timeout: float = 1.0,
     cluster: bool = False,
+    clock: Callable[[], float] = time.time,
 ) -> RedisBroker:
     """A :class:`RedisBroker` on its own time-bounded client, its scripts loaded.
 
@@ -338,7 +364,9 @@ async def connect(
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
         )
-    broker = RedisBroker(client, history_size=history_size, key_prefix=key_prefix, timeout=timeout)
+    broker = RedisBroker(
+        client, history_size=history_size, key_prefix=key_prefix, timeout=timeout, clock=clock
+    )
     try:
         await broker.load()
     except BaseException:

@@ -1,0 +1,29 @@
+-- viewers.lua: record one node's viewer count of a room; return the room's total.
+-- Guarantee: a node's count counts only until its expiry, so a dead node's viewers stop
+-- counting within one expiry; the hash itself expires when no node reports any more.
+local viewers_key = KEYS[1]     -- <prefix>:{room:NAME}:viewers (hash node -> "count|expires_ms")
+
+local node = ARGV[1]            -- the reporting node's id
+local count = tonumber(ARGV[2]) -- its viewers in the room now (0: remove it)
+local now_ms = tonumber(ARGV[3])
+local ttl_ms = tonumber(ARGV[4])
+
+if count > 0 then
+    redis.call('HSET', viewers_key, node, count .. '|' .. (now_ms + ttl_ms))
+else
+    redis.call('HDEL', viewers_key, node)
+end
+local total = 0
+local all = redis.call('HGETALL', viewers_key)
+for i = 1, #all, 2 do
+    local n, expires = string.match(all[i + 1], '^(%d+)|(%d+)$')
+    if n and tonumber(expires) > now_ms then
+        total = total + tonumber(n)
+    else
+        redis.call('HDEL', viewers_key, all[i])
+    end
+end
+if total > 0 then
+    redis.call('PEXPIRE', viewers_key, ttl_ms)
+end
+return total
