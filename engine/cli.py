@@ -23,6 +23,7 @@ from engine.config import (
     Config,
     ConfigError,
     load_config,
+    node_id,
     render_config,
     validate_config,
 )
@@ -130,7 +131,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     print(render_config(config), file=sys.stderr, end="")
     logging.basicConfig(
         level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s [{node_id(config)}] %(name)s: %(message)s",
     )
     # Imported late: the server pulls in asyncio, websockets and uvloop, which `token`
     # does not need.

@@ -18,6 +18,8 @@ import dataclasses
 import difflib
 import math
 import os
+import re
+import socket
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -39,6 +41,7 @@ __all__ = [
     "StockConfig",
     "env_var_name",
     "load_config",
+    "node_id",
     "render_config",
     "validate_config",
 ]
@@ -56,6 +59,7 @@ SECRET_KEYS = frozenset({"auth.secret", "service.api_keys"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _MASK = "***"
+_NODE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 class ConfigError(Exception):
@@ -84,6 +88,7 @@ class ServerConfig:
     tls_key: str = ""
     uvloop: bool = True
     reuse_port: bool = False
+    node_id: str = ""  # this node's id in logs, /health and metrics; empty: <hostname>-<pid>
 
     @property
     def tls(self) -> bool:
@@ -382,6 +387,14 @@ def load_config(
     return config
 
 
+def node_id(config: Config) -> str:
+    """The node's id: ``server.node_id``, or ``<hostname>-<pid>`` when it is empty."""
+    if config.server.node_id:
+        return config.server.node_id
+    host = re.sub(r"[^A-Za-z0-9_.:-]", "-", socket.gethostname())[:50] or "node"
+    return f"{host}-{os.getpid()}"
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -422,6 +435,10 @@ def validate_config(config: Config) -> None:
     _check_int("server.write_buffer_limit", s.write_buffer_limit, 1)
     _check_int("server.write_budget", s.write_budget, 1)
     _check_int("server.fd_reserve", s.fd_reserve, 0)
+    if s.node_id and not _NODE_ID.fullmatch(s.node_id):
+        raise ConfigError(
+            f"server.node_id: must be 1-64 characters of [A-Za-z0-9_.:-], got {s.node_id!r}"
+        )
     _check_float("server.heartbeat_interval", s.heartbeat_interval)
     _check_float("server.idle_timeout", s.idle_timeout)
     _check_float("server.handshake_timeout", s.handshake_timeout)

@@ -59,7 +59,7 @@ from engine.auth import (
     anonymous_claims,
     verify_token,
 )
-from engine.config import Config
+from engine.config import Config, node_id
 from engine.limits import ConnectionGuard
 from engine.room import Hub, Room, RoomsFull
 from engine.sales import SaleDesk
@@ -181,6 +181,7 @@ class Gateway:
         self._session_ids = itertools.count(1)
         self._session_prefix = os.urandom(4).hex()
         self.accepting = True
+        self.node_id = node_id(config)  # this node, in logs, /health and metrics
         self.drained = asyncio.Event()  # set once shutting down and no connection is left
 
     def new_session_id(self) -> str:

@@ -23,7 +23,7 @@ import signal
 import ssl
 import sys
 
-from engine.config import AuthConfig, Config
+from engine.config import AuthConfig, Config, node_id
 from engine.gateway import Connection, Gateway
 from engine.limits import (
     ConnectionGuard,
@@ -258,7 +258,8 @@ def run(config: Config) -> int:
 
 def _run(config: Config) -> int:
     logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=config.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{node_id(config)}] %(name)s: %(message)s",
     )
     raise_open_files_limit()  # the CLI did it already, before printing the effective limit
     logging.getLogger("liveroom.ws").setLevel(logging.WARNING)

@@ -465,6 +465,9 @@ class _StatsCollector:
         gw = self.gateway.statistics()
         hub = self.hub.statistics()
         desk = self.desk.statistics()
+        node = GaugeMetricFamily("liveroom_node_info", "This node's id.", labels=["node"])
+        node.add_metric([self.gateway.node_id], 1)
+        yield node
         yield GaugeMetricFamily(
             "liveroom_connections", "Open websocket connections.", value=gw.connections
         )
@@ -727,6 +730,7 @@ class _Api:
         return _json(
             {
                 "status": "ok" if store_ok else "degraded",
+                "node": self.gateway.node_id,
                 "connections": self.gateway.statistics().connections,
                 "rooms": self.hub.statistics().rooms,
                 "store": self.config.stock.backend,

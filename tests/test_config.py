@@ -199,6 +199,8 @@ def test_liveroom_config_and_other_variables_are_ignored() -> None:
         ({"LIVEROOM_SERVER_PORT": "-1"}, "server.port"),
         ({"LIVEROOM_SERVER_HOST": ""}, "server.host"),
         ({"LIVEROOM_SERVER_MAX_CONNECTIONS": "0"}, "server.max_connections"),
+        ({"LIVEROOM_SERVER_NODE_ID": "edge 7"}, "server.node_id"),
+        ({"LIVEROOM_SERVER_NODE_ID": "x" * 65}, "server.node_id"),
         ({"LIVEROOM_SERVER_MAX_MESSAGE_SIZE": "-5"}, "server.max_message_size"),
         ({"LIVEROOM_SERVER_WRITE_BUFFER_LIMIT": "0"}, "server.write_buffer_limit"),
         ({"LIVEROOM_SERVER_HEARTBEAT_INTERVAL": "0"}, "server.heartbeat_interval"),

@@ -99,6 +99,7 @@ async def test_served_process_on_uvloop_delivers_comments_and_shuts_down_with_10
     assert SECRET not in err and "k-test" not in err
     assert "uvloop" not in err.lower() or "not installed" not in err.lower()
     assert "Traceback" not in err and "ERROR" not in err
+    assert f"[{socket.gethostname()}-{proc.pid}] liveroom." in err  # log lines name the node
 
 
 def test_serve_with_bad_setting_exits_2_naming_it() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 import time
@@ -151,6 +152,7 @@ PRODUCT: Json = {
 async def test_health_needs_no_key(api: Api, viewer: Peer) -> None:
     status, body, _ = await api.call("GET", "/health", key=None)
     assert status == 200
+    assert isinstance(body, dict) and body.pop("node") == f"{socket.gethostname()}-{os.getpid()}"
     assert body == {
         "status": "ok",
         "connections": 1,
@@ -158,6 +160,20 @@ async def test_health_needs_no_key(api: Api, viewer: Peer) -> None:
         "store": "memory",
         "store_ok": True,
     }
+
+
+@bounded(10)
+async def test_a_configured_node_id_is_in_health_and_metrics(
+    start_server: ServerFactory,
+) -> None:
+    srv = await start_server(server={"node_id": "edge-7"})
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.get(srv.service_url + "/health") as r:
+            assert (await r.json())["node"] == "edge-7"
+        headers = {"Authorization": "Bearer dev-service-key"}
+        async with session.get(srv.service_url + "/metrics", headers=headers) as r:
+            text = await r.text()
+    assert 'liveroom_node_info{node="edge-7"} 1.0' in text.splitlines()
 
 
 @bounded(10)
