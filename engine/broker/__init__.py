@@ -14,6 +14,7 @@ from engine.broker.base import (
     Position,
     Publication,
 )
+from engine.broker.feed import RoomFeed
 from engine.broker.memory import MemoryBroker
 from engine.broker.redis_broker import RedisBroker, connect
 
@@ -27,5 +28,6 @@ __all__ = [
     "Position",
     "Publication",
     "RedisBroker",
+    "RoomFeed",
     "connect",
 ]

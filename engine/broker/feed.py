@@ -1,0 +1,137 @@
+"""One room's publications, delivered to a node in offset order, exactly once, gaps filled.
+
+Pub/sub can lose messages (a dropped connection, a Redis restart) and never repeats one;
+the room's history in the broker holds the truth. A :class:`RoomFeed` subscribes to one
+room and hands the node each publication once, in offset order:
+
+* a publication at or below the last offset delivered is a duplicate and is dropped;
+* the next offset is delivered at once;
+* a publication past a gap is held, and the gap is filled from :meth:`Broker.history`
+  (one fill at a time per room) before anything after it is delivered;
+* when the history no longer holds the gap, or the room's epoch changed (its history was
+  lost), the node is told to ``resync`` to the room's new position, and delivery goes on
+  from there. So the node never shows a viewer an event twice or out of order, and every
+  event it skips comes with a resync.
+
+The fill runs as a task the feed owns; :meth:`RoomFeed.close` cancels it and unsubscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from engine.broker.base import Broker, BrokerError, Position, Publication
+
+__all__ = ["RoomFeed"]
+
+log = logging.getLogger("liveroom.broker")
+
+
+class RoomFeed:
+    """Delivery of one room's publications to this node; see the module docstring.
+
+    Args:
+        broker: the broker the room lives in.
+        room: the room.
+        deliver: called with each publication, in offset order, exactly once.
+        resync: called with the room's position when publications were skipped (history
+            lost, or the epoch changed); delivery continues after that position.
+        history_limit: most publications read from the history in one fill.
+        retry_delay: seconds between fill attempts while the broker is unreachable.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        room: str,
+        *,
+        deliver: Callable[[Publication], None],
+        resync: Callable[[Position], None],
+        history_limit: int = 1000,
+        retry_delay: float = 0.2,
+    ) -> None:
+        self.broker = broker
+        self.room = room
+        self.epoch = ""
+        self.offset = 0  # the newest offset delivered (or resynced to)
+        self._deliver = deliver
+        self._resync = resync
+        self._limit = history_limit
+        self._retry = retry_delay
+        self._held: dict[int, Publication] = {}  # past a gap, waiting for the fill
+        self._filling: asyncio.Task[None] | None = None
+        self.fills = 0  # gaps filled from the history
+        self.resyncs = 0
+
+    async def start(self) -> Position:
+        """Subscribe; deliver every publication after the returned position."""
+        position = await self.broker.subscribe(self.room, self._on_publication)
+        self.epoch, self.offset = position.epoch, position.offset
+        return position
+
+    async def close(self) -> None:
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filling
+        with contextlib.suppress(BrokerError):
+            await self.broker.unsubscribe(self.room)
+
+    def _on_publication(self, publication: Publication) -> None:
+        if publication.epoch != self.epoch:
+            # The room's history was lost and restarted: what came before is gone.
+            self._resync_to(Position(publication.epoch, 0))
+        offset = publication.offset
+        if offset <= self.offset:
+            return  # a duplicate (already delivered, or filled from the history)
+        if offset == self.offset + 1 and not self._held:
+            self.offset = offset
+            self._deliver(publication)
+            return
+        self._held[offset] = publication
+        if self._filling is None or self._filling.done():
+            self._filling = asyncio.get_running_loop().create_task(self._fill())
+
+    def _resync_to(self, position: Position) -> None:
+        self.resyncs += 1
+        self.epoch, self.offset = position.epoch, position.offset
+        self._held = {o: p for o, p in self._held.items() if p.epoch == position.epoch}
+        self._resync(position)
+
+    def _drain(self) -> None:
+        """Deliver held publications that now follow on; drop those already covered."""
+        for offset in sorted(self._held):
+            if offset <= self.offset:
+                del self._held[offset]
+            elif offset == self.offset + 1:
+                self.offset = offset
+                self._deliver(self._held.pop(offset))
+            else:
+                break
+
+    async def _fill(self) -> None:
+        while self._held:
+            self._drain()
+            if not self._held:
+                return
+            try:
+                history = await self.broker.history(
+                    self.room, after=self.offset, epoch=self.epoch, limit=self._limit
+                )
+            except BrokerError as exc:
+                log.warning("filling a gap in room %r failed (%s); retrying", self.room, exc)
+                await asyncio.sleep(self._retry)
+                continue
+            if not history.complete:
+                self._resync_to(history.position)
+            else:
+                self.fills += 1
+                for publication in history.publications:
+                    if publication.offset == self.offset + 1:
+                        self.offset = publication.offset
+                        self._held.pop(publication.offset, None)
+                        self._deliver(publication)
+            self._drain()
