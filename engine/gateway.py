@@ -144,6 +144,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _spend(due: float, now: float, rate: float, burst: int) -> float | None:
+    """One unit of a token bucket (``rate``/s, bursts of ``burst``) kept as one float.
+
+    GCRA: ``due`` is when the bucket is full again; a command is allowed while that lies
+    at most ``burst - 1`` intervals ahead. Returns the new ``due``, or None: over budget.
+    """
+    interval = 1.0 / rate
+    if due < now:
+        due = now
+    if due - now > (burst - 1) * interval:
+        return None
+    return due + interval
+
+
 MAX_CLOSE_REASON: Final = 123
 """Bytes of UTF-8 a close reason may have (RFC 6455: a control frame's payload is at most
 125 bytes, two of which carry the code)."""
@@ -238,6 +252,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_buy_due",
+        "_comment_due",
         "_cork",
         "_fragment_op",
         "_fragments",
@@ -246,8 +261,6 @@ class Connection(asyncio.Protocol):
         "_like_due",
         "_limit",
         "_ping_due",
-        "_tokens",
-        "_tokens_at",
         "claims",
         "closing_since",
         "codec",
@@ -283,10 +296,9 @@ class Connection(asyncio.Protocol):
         self._handshake_held = True  # websockets' parser still references the request
         self._limit = gateway.config.server.write_buffer_limit
         self._fragment_op = Opcode.BINARY
-        self._tokens = float(gateway.config.rooms.comment_burst)  # comment token bucket
-        self._tokens_at = self.opened_at
-        # Budgets of the other command kinds (GCRA): when each one's bucket is full again.
-        self._like_due = self._buy_due = self._ping_due = self._join_due = 0.0
+        # Budgets per command kind (see _spend): when each one's bucket is full again.
+        self._comment_due = self._like_due = self._buy_due = 0.0
+        self._ping_due = self._join_due = 0.0
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -437,7 +449,7 @@ class Connection(asyncio.Protocol):
         idle: float,
         close: float,
         *,
-        wall: float | None = None,
+        wall: float,
     ) -> None:
         """Enforce the timers at monotonic ``now`` (token expiry at unix time ``wall``)."""
         transport = self.transport
@@ -450,7 +462,7 @@ class Connection(asyncio.Protocol):
         elif self.ws.state is State.CONNECTING:
             if now - self.opened_at > handshake:
                 transport.abort()
-        elif claims is not None and claims.expires_at <= (time.time() if wall is None else wall):
+        elif claims is not None and claims.expires_at <= wall:
             self.close(CloseCode.TOKEN_EXPIRED, "token expired: connect with a fresh token")
         elif now - self.last_recv > idle:
             self.close(CloseCode.IDLE_TIMEOUT, f"idle for more than {idle:g} s")
@@ -670,44 +682,29 @@ class Connection(asyncio.Protocol):
         # isprintable() is True for most texts and excludes every control character.
         elif not text.isprintable() and not _CONTROL_CHARS.isdisjoint(text):
             self._refuse(ErrorCode.INVALID_FIELD, "text: control characters", msg.rid)
-        elif not self._take_comment_token():
+        elif (
+            due := _spend(
+                self._comment_due, self.last_recv, rooms.comment_rate, rooms.comment_burst
+            )
+        ) is None:
             rate = rooms.comment_rate
             self._refuse(ErrorCode.RATE_LIMITED, f"more than {rate:g} comments/s", msg.rid)
         else:
+            self._comment_due = due
             claims = self.claims
             assert claims is not None
             offset = room.publish_comment(user_id=claims.user_id, name=claims.name, text=text)
             if msg.rid is not None:
                 self._ack(msg.rid, offset)
 
-    def _take_comment_token(self) -> bool:
-        rooms = self.gateway.config.rooms
-        now = self.last_recv
-        tokens = self._tokens + (now - self._tokens_at) * rooms.comment_rate
-        self._tokens_at = now
-        if tokens > rooms.comment_burst:
-            tokens = float(rooms.comment_burst)
-        if tokens < 1.0:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - 1.0
-        return True
-
     def _take(self, kind: str, rate: float, burst: int, rid: str | int | None) -> bool:
-        """Spend one unit of the ``kind`` budget (``rate``/s, bursts of ``burst``); else refuse.
-
-        A token bucket kept as one float per kind (GCRA): ``_<kind>_due`` is when the
-        bucket is full again; a command is allowed while that lies at most ``burst - 1``
-        intervals ahead. One float, not a bucket object, per connection and kind.
-        """
+        """Spend one unit of the ``kind`` budget (``_<kind>_due``); else refuse the command."""
         attr = f"_{kind}_due"
-        now = self.last_recv
-        interval = 1.0 / rate
-        due = max(getattr(self, attr), now)
-        if due - now > (burst - 1) * interval:
+        due = _spend(getattr(self, attr), self.last_recv, rate, burst)
+        if due is None:
             self._refuse(ErrorCode.RATE_LIMITED, f"more than {rate:g} {kind} messages/s", rid)
             return False
-        setattr(self, attr, due + interval)
+        setattr(self, attr, due)
         return True
 
     def _on_buy(self, msg: Buy) -> None:

@@ -458,9 +458,10 @@ class SaleDesk:
             now = self.clock()
             if known.closed or now >= known.ends_at or now < known.starts_at:
                 self.local_not_open_answers += 1
-                reason = "closed" if known.closed else "ended" if now >= known.ends_at else None
-                msg = REASONS[reason or "not_started"][1]
-                reply("not_open", msg=msg)
+                reason = (
+                    "closed" if known.closed else "ended" if now >= known.ends_at else "not_started"
+                )
+                reply("not_open", msg=REASONS[reason][1])
                 return
             if sale_id in self.sold_out:
                 self.local_sold_out_answers += 1
