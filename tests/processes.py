@@ -9,6 +9,7 @@ at any time; fixtures call it in ``finally`` so no process outlives its test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +25,13 @@ import orjson
 
 from engine.server import LiveroomServer
 from tests.conftest import SECRET
+from tests.redis_fixture import free_port
 
-__all__ = ["API_KEY", "Endpoint", "Engine", "free_port"]
+__all__ = ["API_KEY", "Endpoint", "Engine"]
 
 API_KEY = "k-engine-process"
 
 LIVEROOM = Path(sys.executable).with_name("liveroom")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -47,9 +44,21 @@ class Endpoint:
 class Engine:
     """A ``liveroom serve`` process that can be stopped and started again on its ports."""
 
-    def __init__(self, **settings: str) -> None:
-        """``settings``: extra ``LIVEROOM_*`` variables, e.g. ``STOCK_BACKEND="redis"``."""
+    def __init__(
+        self,
+        *,
+        log: Path | None = None,
+        preexec: Callable[[], None] | None = None,
+        **settings: str,
+    ) -> None:
+        """``settings``: extra ``LIVEROOM_*`` variables, e.g. ``STOCK_BACKEND="redis"``.
+
+        ``log``: a file for the process's stderr (else discarded; see :meth:`output`);
+        ``preexec``: run in the child before it execs (e.g. to lower its rlimits).
+        """
         self.ws_port, self.api_port = free_port(), free_port()
+        self.log = log
+        self._preexec = preexec
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
             "LIVEROOM_SERVER_PORT": str(self.ws_port),
@@ -68,23 +77,30 @@ class Engine:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
-        self.proc = subprocess.Popen(
-            [str(LIVEROOM), "serve"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with contextlib.ExitStack() as files:
+            err = files.enter_context(open(self.log, "ab")) if self.log else subprocess.DEVNULL
+            self.proc = subprocess.Popen(
+                [str(LIVEROOM), "serve"],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=self._preexec,
+            )
         self.starts += 1
         deadline = time.monotonic() + 20
         for port in (self.ws_port, self.api_port):
             while True:
-                assert self.proc.poll() is None, "liveroom exited at start"
+                assert self.proc.poll() is None, f"liveroom exited at start: {self.output()}"
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                     break
                 except OSError:
-                    assert time.monotonic() < deadline, "liveroom did not start"
+                    assert time.monotonic() < deadline, f"liveroom did not start: {self.output()}"
                     time.sleep(0.05)
+
+    def output(self) -> str:
+        """What the process wrote to stderr so far ("" without a ``log`` file)."""
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
 
     def stop(self, sig: signal.Signals) -> None:
         assert self.proc is not None

@@ -14,15 +14,11 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +33,6 @@ from engine.server import LiveroomServer
 from protocol import MSGPACK, Batch, CloseCode, Comment, Joined, Welcome
 from protocol import Join as JoinMsg
 from tests.conftest import (
-    SECRET,
     Peer,
     RawClient,
     ServerFactory,
@@ -46,9 +41,9 @@ from tests.conftest import (
     token,
     wait_for_condition,
 )
+from tests.processes import Engine
 
 ROOM = "show"
-LIVEROOM = Path(sys.executable).with_name("liveroom")
 
 
 # --- the connection guard ----------------------------------------------------------------
@@ -286,23 +281,6 @@ async def test_over_the_write_budget_the_most_behind_stalled_viewers_are_cut_off
 # --- the open-files limit, in a real `liveroom serve` process --------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen[bytes]
-    ws_port: int
-    api_port: int
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 SOFT, HARD, RESERVE = 150, 300, 200
 EFFECTIVE = HARD - RESERVE  # the limit is raised to HARD; max_connections (20000) is higher
 
@@ -312,44 +290,20 @@ def _low_open_files_limit() -> None:  # runs in the child, before exec
 
 
 @pytest.fixture
-def low_nofile(tmp_path: Path) -> Iterator[Served]:
+def low_nofile(tmp_path: Path) -> Iterator[Engine]:
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < HARD:
         pytest.skip(f"the hard open-files limit here is below {HARD}")
-    ws_port, api_port = _free_port(), _free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
-        "LIVEROOM_SERVER_PORT": str(ws_port),
-        "LIVEROOM_SERVICE_PORT": str(api_port),
-        "LIVEROOM_AUTH_SECRET": SECRET,
-        "LIVEROOM_SERVICE_API_KEYS": "k-test",
-        "LIVEROOM_SERVER_FD_RESERVE": str(RESERVE),
-        "LIVEROOM_SERVER_HANDSHAKE_TIMEOUT": "30",
-    }
-    log = tmp_path / "liveroom.stderr"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [str(LIVEROOM), "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            preexec_fn=_low_open_files_limit,
-        )
-    served = Served(proc, ws_port, api_port, log)
+    engine = Engine(
+        log=tmp_path / "liveroom.stderr",
+        preexec=_low_open_files_limit,
+        SERVER_FD_RESERVE=str(RESERVE),
+        SERVER_HANDSHAKE_TIMEOUT="30",
+    )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, served.output()
-            try:
-                socket.create_connection(("127.0.0.1", ws_port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, served.output()
-                time.sleep(0.05)
-        yield served
+        engine.start()
+        yield engine
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        engine.kill()
 
 
 async def _viewer(port: int, user: str) -> ClientConnection:
@@ -384,7 +338,7 @@ def _server_closed(sock: socket.socket) -> bool:
 
 @bounded(120)
 async def test_with_few_open_files_the_node_refuses_with_1013_aborts_early_and_stays_up(
-    low_nofile: Served,
+    low_nofile: Engine,
 ) -> None:
     served = low_nofile
     out = served.output()
@@ -434,7 +388,7 @@ async def test_with_few_open_files_the_node_refuses_with_1013_aborts_early_and_s
         for ws in viewers[:5]:
             pong = await ws.ping()
             await asyncio.wait_for(pong, 5)
-        assert served.proc.poll() is None
+        assert served.proc is not None and served.proc.poll() is None
         out = served.output()
         assert "Traceback" not in out and "ERROR" not in out
     finally:

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from protocol import MSGPACK, Batch, Comment, Join, Joined, SendComment, Welcome
 from tests.conftest import SECRET, token
+from tests.redis_fixture import free_port
 
 LIVEROOM = Path(sys.executable).with_name("liveroom")
 
@@ -32,15 +33,9 @@ def _b(data: str | bytes) -> bytes:
     return data
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def served() -> Iterator[tuple[subprocess.Popen[str], int, int]]:
-    ws_port, api_port = _free_port(), _free_port()
+    ws_port, api_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
         "LIVEROOM_SERVER_PORT": str(ws_port),
@@ -114,10 +109,10 @@ def test_serve_with_bad_setting_exits_2_naming_it() -> None:
 def test_serve_with_unreachable_redis_exits_1_with_a_clear_error() -> None:
     env = {
         **os.environ,
-        "LIVEROOM_SERVER_PORT": str(_free_port()),
-        "LIVEROOM_SERVICE_PORT": str(_free_port()),
+        "LIVEROOM_SERVER_PORT": str(free_port()),
+        "LIVEROOM_SERVICE_PORT": str(free_port()),
         "LIVEROOM_STOCK_BACKEND": "redis",
-        "LIVEROOM_STOCK_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0",
+        "LIVEROOM_STOCK_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
         "LIVEROOM_STOCK_REDIS_TIMEOUT": "0.5",
     }
     done = subprocess.run(
