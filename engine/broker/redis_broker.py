@@ -225,10 +225,9 @@ class RedisBroker(Broker):
         feed = self._feed_for(channel)
         self._handlers[channel] = (room, handler)
         pubsub = feed.pubsub
-        if self._cluster:
-            await self._run(lambda: pubsub.ssubscribe(channel))
-        else:
-            await self._run(lambda: pubsub.subscribe(channel))
+        await self._run(
+            functools.partial(pubsub.ssubscribe if self._cluster else pubsub.subscribe, channel)
+        )
         feed.channels.add(channel)
         return await self.position(room)
 
@@ -349,21 +348,16 @@ async def connect(
     Raises:
         BrokerUnavailable: Redis cannot be reached within ``timeout``.
     """
-    client: aioredis.Redis | RedisCluster
-    if cluster:
-        client = RedisCluster.from_url(
-            url,
-            socket_timeout=None,  # the pub/sub reader waits; calls are bounded by _run
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-    else:
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=None,  # the pub/sub reader waits; calls are bounded by _run
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+    options: dict[str, Any] = {
+        "socket_timeout": None,  # the pub/sub reader waits; calls are bounded by _run
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    client: aioredis.Redis | RedisCluster = (
+        RedisCluster.from_url(url, **options)
+        if cluster
+        else aioredis.Redis.from_url(url, **options)
+    )
     broker = RedisBroker(
         client, history_size=history_size, key_prefix=key_prefix, timeout=timeout, clock=clock
     )
