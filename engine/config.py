@@ -28,11 +28,13 @@ from typing import Any
 
 __all__ = [
     "ENV_CONFIG_PATH",
+    "BROKER_BACKENDS",
     "ENV_PREFIX",
     "LOG_LEVELS",
     "SECRET_KEYS",
     "STOCK_BACKENDS",
     "AuthConfig",
+    "BrokerConfig",
     "Config",
     "ConfigError",
     "RoomsConfig",
@@ -53,6 +55,7 @@ ENV_CONFIG_PATH = "LIVEROOM_CONFIG"
 """Environment variable naming the config file (read by the CLI, ignored by load_config)."""
 
 STOCK_BACKENDS = ("memory", "redis")
+BROKER_BACKENDS = ("memory", "redis")
 SECRET_KEYS = frozenset({"auth.secret", "service.api_keys"})
 """Settings whose values are never printed nor echoed in error messages."""
 
@@ -89,6 +92,7 @@ class ServerConfig:
     uvloop: bool = True
     reuse_port: bool = False
     node_id: str = ""  # this node's id in logs, /health and metrics; empty: <hostname>-<pid>
+    workers: int = 1  # processes serving this port (SO_REUSEPORT); > 1 needs broker.backend redis
 
     @property
     def tls(self) -> bool:
@@ -154,9 +158,23 @@ class StockConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout: float = 1.0  # seconds: a store call answers or fails within about this
     key_prefix: str = "lr"
+    cluster: bool = False  # redis_url names a node of a Redis Cluster
     batch_window_ms: float = 2.0  # gather purchases this long (or batch_max) per store call
     batch_max: int = 100
     max_pending: int = 20000  # buy presses queued on a node before new ones get "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """How a room's events reach every node with viewers in it (engine/broker/)."""
+
+    backend: str = "memory"  # memory (one process, embedded) or redis (processes and machines)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False  # redis_url names a node of a Redis Cluster: sharded pub/sub
+    redis_timeout: float = 1.0  # seconds: a publish answers or fails within about this
+    key_prefix: str = "lr"
+    viewers_ttl: float = 5.0  # seconds a node's reported viewer counts live without a refresh
+    reconnect_max: float = 5.0  # seconds, longest wait between reconnect attempts
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +186,7 @@ class Config:
     rooms: RoomsConfig = field(default_factory=RoomsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     stock: StockConfig = field(default_factory=StockConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
     log_level: str = "info"  # one of LOG_LEVELS
 
 
@@ -501,6 +520,32 @@ def validate_config(config: Config) -> None:
     _check_float("stock.batch_window_ms", k.batch_window_ms, allow_zero=True)
     _check_int("stock.batch_max", k.batch_max, 1, 500)
     _check_int("stock.max_pending", k.max_pending, 1)
+
+    b = config.broker
+    if b.backend not in BROKER_BACKENDS:
+        raise ConfigError(
+            f"broker.backend: must be one of {', '.join(BROKER_BACKENDS)}, got {b.backend!r}"
+        )
+    if not b.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("broker.redis_url: must be a redis://, rediss:// or unix:// URL")
+    _check_float("broker.redis_timeout", b.redis_timeout)
+    if not b.key_prefix:
+        raise ConfigError("broker.key_prefix: must not be empty")
+    _check_float("broker.viewers_ttl", b.viewers_ttl)
+    _check_float("broker.reconnect_max", b.reconnect_max)
+
+    _check_int("server.workers", s.workers, 1, 256)
+    if s.workers > 1 and b.backend != "redis":
+        raise ConfigError(
+            f"server.workers: {s.workers} workers need broker.backend = \"redis\" "
+            f"(got {b.backend!r}): with the memory broker each process would hold its "
+            "own copy of every room"
+        )
+    if s.workers > 1 and k.backend != "redis":
+        raise ConfigError(
+            f"server.workers: {s.workers} workers need stock.backend = \"redis\" "
+            f"(got {k.backend!r}): with the memory store each process would sell its own stock"
+        )
 
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(

@@ -11,10 +11,13 @@ import pytest
 from engine.config import (
     SECRET_KEYS,
     AuthConfig,
+    BrokerConfig,
     Config,
     ConfigError,
     RoomsConfig,
     ServerConfig,
+    ServiceConfig,
+    StockConfig,
     env_var_name,
     load_config,
     render_config,
@@ -23,6 +26,14 @@ from engine.config import (
 
 __all__: list[str] = []
 
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("server", ServerConfig),
+    ("auth", AuthConfig),
+    ("rooms", RoomsConfig),
+    ("service", ServiceConfig),
+    ("stock", StockConfig),
+    ("broker", BrokerConfig),
+)
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
 
@@ -47,7 +58,7 @@ def test_default_toml_loads_to_exactly_the_builtin_defaults() -> None:
 def test_default_toml_spells_out_every_setting() -> None:
     document = tomllib.loads(DEFAULT_TOML.read_text(encoding="utf-8"))
     assert document["log_level"] == "info"
-    for section, cls in (("server", ServerConfig), ("auth", AuthConfig), ("rooms", RoomsConfig)):
+    for section, cls in SECTIONS:
         assert set(document[section]) == {f.name for f in dataclasses.fields(cls)}
 
 
@@ -55,7 +66,7 @@ def test_default_toml_names_every_env_var() -> None:
     text = DEFAULT_TOML.read_text(encoding="utf-8")
     settings = ["log_level"] + [
         f"{section}.{f.name}"
-        for section, cls in (("server", ServerConfig), ("auth", AuthConfig), ("rooms", RoomsConfig))
+        for section, cls in SECTIONS
         for f in dataclasses.fields(cls)
     ]
     for setting in settings:
@@ -302,3 +313,16 @@ def test_rendered_config_with_revealed_secrets_loads_back_exactly(tmp_path: Path
     )
     text = render_config(config, reveal_secrets=True)
     assert load_config(write(tmp_path, text), env={}) == config
+
+
+def test_several_workers_need_the_redis_broker_and_store() -> None:
+    env = {"LIVEROOM_SERVER_WORKERS": "2"}
+    with pytest.raises(ConfigError, match=r"^server\.workers: 2 workers need broker\.backend"):
+        load_config(env=env)
+    env["LIVEROOM_BROKER_BACKEND"] = "redis"
+    with pytest.raises(ConfigError, match=r"^server\.workers: 2 workers need stock\.backend"):
+        load_config(env=env)
+    env["LIVEROOM_STOCK_BACKEND"] = "redis"
+    assert load_config(env=env).server.workers == 2
+    with pytest.raises(ConfigError, match=r"^broker\.backend: must be one of memory, redis"):
+        load_config(env={"LIVEROOM_BROKER_BACKEND": "kafka"})
