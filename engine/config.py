@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "ENV_CONFIG_PATH",
     "BROKER_BACKENDS",
+    "ENV_CONFIG_PATH",
     "ENV_PREFIX",
     "LOG_LEVELS",
     "SECRET_KEYS",
@@ -537,13 +537,13 @@ def validate_config(config: Config) -> None:
     _check_int("server.workers", s.workers, 1, 256)
     if s.workers > 1 and b.backend != "redis":
         raise ConfigError(
-            f"server.workers: {s.workers} workers need broker.backend = \"redis\" "
+            f'server.workers: {s.workers} workers need broker.backend = "redis" '
             f"(got {b.backend!r}): with the memory broker each process would hold its "
             "own copy of every room"
         )
     if s.workers > 1 and k.backend != "redis":
         raise ConfigError(
-            f"server.workers: {s.workers} workers need stock.backend = \"redis\" "
+            f'server.workers: {s.workers} workers need stock.backend = "redis" '
             f"(got {k.backend!r}): with the memory store each process would sell its own stock"
         )
 

@@ -331,8 +331,10 @@ class SaleDesk:
         else:
             self.sold_out.discard(state.sale_id)
         current = self.current.get(state.room)
-        if current is None or current == state.sale_id or (
-            self.sales[current].opened_at <= state.opened_at
+        if (
+            current is None
+            or current == state.sale_id
+            or (self.sales[current].opened_at <= state.opened_at)
         ):
             self.current[state.room] = state.sale_id
         self._show(state.sale_id)

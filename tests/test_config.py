@@ -65,9 +65,7 @@ def test_default_toml_spells_out_every_setting() -> None:
 def test_default_toml_names_every_env_var() -> None:
     text = DEFAULT_TOML.read_text(encoding="utf-8")
     settings = ["log_level"] + [
-        f"{section}.{f.name}"
-        for section, cls in SECTIONS
-        for f in dataclasses.fields(cls)
+        f"{section}.{f.name}" for section, cls in SECTIONS for f in dataclasses.fields(cls)
     ]
     for setting in settings:
         assert f"[{env_var_name(setting)}]" in text, setting
