@@ -4,6 +4,8 @@ Guarantees: configuration comes from ``--config FILE`` (or ``$LIVEROOM_CONFIG``)
 ``LIVEROOM_*`` environment variables, exactly as :func:`engine.config.load_config` reads
 them; a configuration error prints ``liveroom: config error: <setting>: <problem>`` on
 stderr and exits with status 2 before anything starts. Secrets are never printed.
+``serve --workers N`` (or ``server.workers``) with N > 1 runs N worker processes on the same
+ports under a supervisor (:mod:`engine.workers`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", metavar="FILE", help=config_help)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes sharing the ports (overrides server.workers; N > 1 needs the Redis "
+        "broker and stock store)",
+    )
 
     token = commands.add_parser("token", help="print a client token signed with auth.secret")
     token.add_argument("--user", required=True, help="user id (the token's sub)")
@@ -116,7 +125,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         config = _load(args.config, env)
         overrides = {
             key: value
-            for key, value in (("host", args.host), ("port", args.port))
+            for key, value in (
+                ("host", args.host),
+                ("port", args.port),
+                ("workers", args.workers),
+            )
             if value is not None
         }
         if overrides:
@@ -124,6 +137,10 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 config, server=dataclasses.replace(config.server, **overrides)
             )
             validate_config(config)
+        if config.server.workers > 1:
+            from engine.workers import check_workers
+
+            check_workers(config)
     except ConfigError as exc:
         return _config_error(exc)
 
@@ -133,6 +150,15 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [{node_id(config)}] %(name)s: %(message)s",
     )
+    if config.server.workers > 1:
+        # A supervisor: it serves nothing, its workers (``liveroom serve``) do.
+        from engine import workers
+
+        try:
+            path = args.config or env.get(ENV_CONFIG_PATH) or None
+            return workers.supervise(config, config_path=path, env=env)
+        except KeyboardInterrupt:
+            return 130
     # Imported late: the server pulls in asyncio, websockets and uvloop, which `token`
     # does not need.
     server = importlib.import_module("engine.server")
@@ -175,3 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         SystemExit: always, with the exit status.
     """
     raise SystemExit(_run(argv))
+
+
+if __name__ == "__main__":  # ``python -m engine.cli``: how the supervisor starts its workers
+    main()

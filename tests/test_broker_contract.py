@@ -17,8 +17,10 @@ from engine.broker import (
     Broker,
     BrokerUnavailable,
     MemoryBroker,
+    Position,
     Publication,
     RedisBroker,
+    Totals,
     connect,
 )
 from tests.conftest import wait_for_condition
@@ -138,20 +140,62 @@ async def test_viewer_counts_add_up_over_nodes_and_a_silent_node_stops_counting(
     nodes: tuple[Broker, Broker], clock: FakeClock
 ) -> None:
     a, b = nodes
-    assert await a.report_viewers("node-a", {"show": 120, "other": 3}, ttl=5) == {
+
+    def viewers(totals: dict[str, Totals]) -> dict[str, int]:
+        return {room: t.viewers for room, t in totals.items()}
+
+    assert viewers(await a.report("node-a", {"show": (120, 0), "other": (3, 0)}, ttl=5)) == {
         "show": 120,
         "other": 3,
     }
-    assert await b.report_viewers("node-b", {"show": 80}, ttl=5) == {"show": 200}
+    assert viewers(await b.report("node-b", {"show": (80, 0)}, ttl=5)) == {"show": 200}
     clock.advance(3)
-    assert await a.report_viewers("node-a", {"show": 100}, ttl=5) == {"show": 180}
+    assert viewers(await a.report("node-a", {"show": (100, 0)}, ttl=5)) == {"show": 180}
     clock.advance(3)  # node-b said nothing for 6 s > its 5 s: its viewers stop counting
-    assert await a.report_viewers("node-a", {"show": 100, "other": 0}, ttl=5) == {
+    assert viewers(await a.report("node-a", {"show": (100, 0), "other": (0, 0)}, ttl=5)) == {
         "show": 100,
         "other": 0,
     }
-    assert await b.report_viewers("node-b", {"show": 7}, ttl=5) == {"show": 107}
-    assert await b.report_viewers("node-b", {"show": 0}, ttl=5) == {"show": 100}
+    assert viewers(await b.report("node-b", {"show": (7, 0)}, ttl=5)) == {"show": 107}
+    assert viewers(await b.report("node-b", {"show": (0, 0)}, ttl=5)) == {"show": 100}
+
+
+async def test_likes_add_up_over_nodes_and_outlive_the_viewers(
+    nodes: tuple[Broker, Broker],
+) -> None:
+    a, b = nodes
+    assert await a.report("node-a", {"show": (5, 30)}, ttl=5) == {"show": Totals(5, 30)}
+    assert await b.report("node-b", {"show": (2, 12)}, ttl=5) == {"show": Totals(7, 42)}
+    assert await a.report("node-a", {"show": (0, 0)}, ttl=5) == {"show": Totals(2, 42)}
+    assert await b.report("node-b", {"show": (0, 1)}, ttl=5) == {"show": Totals(0, 43)}
+    assert (await a.snapshot("show", 10)).state["likes"] == b"43"
+
+
+async def test_state_goes_with_its_publication_and_once_publishes_once(
+    nodes: tuple[Broker, Broker],
+) -> None:
+    a, b = nodes
+    inbox = Inbox()
+    await b.subscribe("st", inbox)
+    first = await a.publish("st", [b"pin"], state={"pin": b"P1", "x": b"1"})
+    snap = await b.snapshot("st", 10)
+    assert snap.position == Position(first[0].epoch, 1)
+    assert [p.data for p in snap.publications] == [b"pin"]
+    assert {k: v for k, v in snap.state.items() if k != "likes"} == {"pin": b"P1", "x": b"1"}
+    await a.publish("st", [b"unpin"], state={"pin": None})
+    assert "pin" not in (await b.snapshot("st", 10)).state
+    # Every node may try a once-only event; exactly one publishes it.
+    tries = await asyncio.gather(
+        a.publish("st", [b"closed"], once="closed:s1"),
+        b.publish("st", [b"closed"], once="closed:s1"),
+        a.publish("st", [b"closed"], once="closed:s1"),
+    )
+    assert sorted(len(t) for t in tries) == [0, 0, 1]
+    await wait_for_condition(lambda: len(inbox.got) == 3)
+    await asyncio.sleep(0.1)
+    assert [p.data for p in inbox.got] == [b"pin", b"unpin", b"closed"]
+    snap = await a.snapshot("st", 2)
+    assert [p.offset for p in snap.publications] == [2, 3]
 
 
 async def test_a_closed_broker_raises_broker_unavailable(nodes: tuple[Broker, Broker]) -> None:

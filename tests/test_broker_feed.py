@@ -10,7 +10,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
-from engine.broker import MemoryBroker, Position, Publication, RoomFeed, connect
+from engine.broker import MemoryBroker, Position, Publication, RoomFeed, Snapshot, connect
 from tests.conftest import bounded, wait_for_condition
 from tests.redis_fixture import RedisServer
 
@@ -27,8 +27,12 @@ class Node:
         self.delivered.append(publication.offset)
         self.data.append(publication.data)
 
-    def resync(self, position: Position) -> None:
+    def resync(self, position: Position, newest: tuple[Publication, ...]) -> None:
         self.resyncs.append(position)
+        self.newest = newest
+
+    def load(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
 
 
 @bounded(20)
@@ -41,7 +45,7 @@ async def test_a_publication_lost_across_a_pubsub_reconnect_is_filled_from_histo
     node = Node()
     feed = RoomFeed(subscriber, "gappy", deliver=node.deliver, resync=node.resync)
     try:
-        await feed.start()
+        await feed.start(100, node.load)
         await publisher.publish("gappy", [b"1", b"2"])
         await wait_for_condition(lambda: node.delivered == [1, 2])
         assert await killer.client_kill_filter(_type="pubsub") == 1
@@ -71,7 +75,7 @@ async def test_history_lost_in_a_redis_restart_tells_the_node_to_resync(
     node = Node()
     feed = RoomFeed(subscriber, "lost", deliver=node.deliver, resync=node.resync)
     try:
-        start = await feed.start()
+        start = (await feed.start(100, node.load)).position
         await publisher.publish("lost", [b"a", b"b"])
         await wait_for_condition(lambda: node.delivered == [1, 2])
         # Restarted from an empty directory's view: the room's keys are gone.
@@ -108,7 +112,7 @@ async def test_held_publications_wait_for_the_gap_and_duplicates_are_dropped() -
     broker = MemoryBroker(history_size=3)
     node = Node()
     feed = RoomFeed(broker, "r", deliver=node.deliver, resync=node.resync)
-    position = await feed.start()
+    position = (await feed.start(100, node.load)).position
     published = await broker.publish("r", [b"1", b"2", b"3", b"4", b"5"])
     await wait_for_condition(lambda: len(node.delivered) == 5)
     epoch = published[0].epoch
@@ -123,6 +127,7 @@ async def test_held_publications_wait_for_the_gap_and_duplicates_are_dropped() -
     feed._on_publication(Publication("r", epoch, 10, b"10"))
     await wait_for_condition(lambda: bool(node.resyncs))
     assert node.resyncs[0] == Position(epoch, 9) and node.delivered[-1] == 10
+    assert [p.offset for p in node.newest] == [7, 8, 9]
     assert position.offset == 0 and more[-1].offset == 9
     await feed.close()
     assert not broker.subscribed("r")

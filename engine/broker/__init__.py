@@ -2,7 +2,8 @@
 
 The interface and its guarantees are in :mod:`engine.broker.base`; the memory broker is
 the embedded default for one process, the Redis broker shares rooms between processes and
-machines. Not wired into the server yet (the scale-out issue does that next).
+machines; :class:`RoomFeed` follows one room for a node (in order, exactly once, gaps
+filled). engine/relay.py connects a node's rooms to a broker.
 """
 
 from engine.broker.base import (
@@ -13,6 +14,8 @@ from engine.broker.base import (
     History,
     Position,
     Publication,
+    Snapshot,
+    Totals,
 )
 from engine.broker.feed import RoomFeed
 from engine.broker.memory import MemoryBroker
@@ -29,5 +32,7 @@ __all__ = [
     "Publication",
     "RedisBroker",
     "RoomFeed",
+    "Snapshot",
+    "Totals",
     "connect",
 ]

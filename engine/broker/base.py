@@ -18,9 +18,15 @@ Guarantees of every :class:`Broker` (one contract test suite runs against all):
 * A subscriber's handler is called for each publication of its room, in offset order,
   from the event loop; a subscriber that misses publications (e.g. across a reconnect)
   notices the gap by offset and fills it with :meth:`Broker.history`.
-* Viewer counts: each node reports its per-room counts with an expiry
-  (:meth:`Broker.report_viewers`) and reads back each room's total over the live nodes;
-  no per-viewer traffic crosses the network.
+* A room's state (small named values such as its pinned product) is set in the same
+  atomic step as a publication (``publish(..., state=...)``), and read with the room's
+  newest publications in one atomic :meth:`Broker.snapshot`, so a node that starts
+  following a room sees a state and history that agree. ``once`` makes an event
+  cluster-wide once-only (every node may try; one publishes).
+* Viewer counts and likes: each node reports per room its viewer count (with an expiry)
+  and the likes it took since its last report (:meth:`Broker.report`), and reads back
+  each room's viewer total over the live nodes and its likes total; no per-viewer or
+  per-like traffic crosses the network.
 * A failure to reach the backend raises :class:`BrokerUnavailable` within a bounded time:
   whether a publish took effect is then unknown to the caller (it was not acknowledged).
 """
@@ -39,6 +45,8 @@ __all__ = [
     "History",
     "Position",
     "Publication",
+    "Snapshot",
+    "Totals",
 ]
 
 
@@ -85,14 +93,42 @@ class History:
     complete: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A room read in one atomic step: position, newest publications (oldest first), state."""
+
+    position: Position
+    publications: tuple[Publication, ...]
+    state: dict[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """A room's viewers over every live node, and its likes ever."""
+
+    viewers: int
+    likes: int
+
+
 Handler = Callable[[Publication], None]
 
 
 class Broker(Protocol):
     """One order per room and delivery to subscribed nodes; see the module docstring."""
 
-    async def publish(self, room: str, data: Sequence[bytes]) -> list[Publication]:
+    async def publish(
+        self,
+        room: str,
+        data: Sequence[bytes],
+        *,
+        state: Mapping[str, bytes | None] | None = None,
+        once: str | None = None,
+    ) -> list[Publication]:
         """Append ``data`` to the room in one atomic step; deliver to its subscribers.
+
+        ``state``: fields of the room's state to set (``None``: delete) in the same step.
+        ``once``: a state field; when it is already set nothing happens and ``[]`` is
+        returned, else it is set with the rest.
 
         Raises:
             BrokerUnavailable: the backend could not be reached (nothing acknowledged).
@@ -119,14 +155,24 @@ class Broker(Protocol):
         """The room's epoch and newest offset."""
         ...
 
-    async def report_viewers(
-        self, node: str, counts: Mapping[str, int], ttl: float
-    ) -> dict[str, int]:
-        """Record this node's viewer count per room, valid for ``ttl`` seconds.
+    async def snapshot(self, room: str, limit: int) -> Snapshot:
+        """The room's position, its newest ``limit`` publications and its state, at once."""
+        ...
 
-        Returns each room's total over every node whose count has not expired (a dead
-        node's viewers stop counting within ``ttl``). A count of 0 withdraws the node.
+    async def report(
+        self, node: str, rooms: Mapping[str, tuple[int, int]], ttl: float
+    ) -> dict[str, Totals]:
+        """Record per room this node's (viewer count, likes taken since its last report).
+
+        A viewer count is valid for ``ttl`` seconds (0 withdraws the node); likes add to
+        the room's total. Returns each room's totals: viewers over every node whose count
+        has not expired (a dead node's viewers stop counting within ``ttl``), likes ever.
         """
+        ...
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a subscription connection was lost and is back (the
+        caller then checks its rooms for publications missed meanwhile)."""
         ...
 
     async def close(self) -> None:

@@ -13,6 +13,12 @@ room and hands the node each publication once, in offset order:
   from there. So the node never shows a viewer an event twice or out of order, and every
   event it skips comes with a resync.
 
+:meth:`RoomFeed.start` subscribes, then reads the room's snapshot; the node loads it
+before any publication is delivered (those arriving meanwhile wait, and the ones the
+snapshot already holds are dropped). :meth:`RoomFeed.check` reads the history after the
+last offset delivered (after a pub/sub reconnect, when the last publications may have
+been lost with nothing after them to reveal the gap).
+
 The fill runs as a task the feed owns; :meth:`RoomFeed.close` cancels it and unsubscribes.
 """
 
@@ -23,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from engine.broker.base import Broker, BrokerError, Position, Publication
+from engine.broker.base import Broker, BrokerError, Position, Publication, Snapshot
 
 __all__ = ["RoomFeed"]
 
@@ -37,8 +43,10 @@ class RoomFeed:
         broker: the broker the room lives in.
         room: the room.
         deliver: called with each publication, in offset order, exactly once.
-        resync: called with the room's position when publications were skipped (history
-            lost, or the epoch changed); delivery continues after that position.
+        resync: called with the room's position and its newest publications held (up to
+            ``history_limit``, oldest first; none after an epoch change seen on pub/sub)
+            when publications were skipped (history lost, or the epoch changed); delivery
+            continues after that position.
         history_limit: most publications read from the history in one fill.
         retry_delay: seconds between fill attempts while the broker is unreachable.
     """
@@ -49,7 +57,7 @@ class RoomFeed:
         room: str,
         *,
         deliver: Callable[[Publication], None],
-        resync: Callable[[Position], None],
+        resync: Callable[[Position, tuple[Publication, ...]], None],
         history_limit: int = 1000,
         retry_delay: float = 0.2,
     ) -> None:
@@ -63,14 +71,31 @@ class RoomFeed:
         self._retry = retry_delay
         self._held: dict[int, Publication] = {}  # past a gap, waiting for the fill
         self._filling: asyncio.Task[None] | None = None
+        self._early: list[Publication] | None = None  # arrived while starting
         self.fills = 0  # gaps filled from the history
         self.resyncs = 0
 
-    async def start(self) -> Position:
-        """Subscribe; deliver every publication after the returned position."""
-        position = await self.broker.subscribe(self.room, self._on_publication)
-        self.epoch, self.offset = position.epoch, position.offset
-        return position
+    async def start(self, limit: int, load: Callable[[Snapshot], None]) -> Snapshot:
+        """Subscribe, read the room's snapshot (``limit`` newest publications) and hand it
+        to ``load``; deliver every publication after it from then on.
+
+        Raises:
+            BrokerError: the broker could not be reached (the caller closes the feed).
+        """
+        self._early = []
+        await self.broker.subscribe(self.room, self._on_publication)
+        snapshot = await self.broker.snapshot(self.room, limit)
+        self.epoch, self.offset = snapshot.position.epoch, snapshot.position.offset
+        load(snapshot)
+        early, self._early = self._early, None
+        for publication in early:
+            self._on_publication(publication)
+        return snapshot
+
+    def check(self) -> None:
+        """Read the history after the last offset delivered; deliver or resync."""
+        if self._early is None and (self._filling is None or self._filling.done()):
+            self._filling = asyncio.get_running_loop().create_task(self._fill(check=True))
 
     async def close(self) -> None:
         if self._filling is not None:
@@ -81,9 +106,12 @@ class RoomFeed:
             await self.broker.unsubscribe(self.room)
 
     def _on_publication(self, publication: Publication) -> None:
+        if self._early is not None:
+            self._early.append(publication)
+            return
         if publication.epoch != self.epoch:
             # The room's history was lost and restarted: what came before is gone.
-            self._resync_to(Position(publication.epoch, 0))
+            self._resync_to(Position(publication.epoch, 0), ())
         offset = publication.offset
         if offset <= self.offset:
             return  # a duplicate (already delivered, or filled from the history)
@@ -95,11 +123,11 @@ class RoomFeed:
         if self._filling is None or self._filling.done():
             self._filling = asyncio.get_running_loop().create_task(self._fill())
 
-    def _resync_to(self, position: Position) -> None:
+    def _resync_to(self, position: Position, newest: tuple[Publication, ...]) -> None:
         self.resyncs += 1
         self.epoch, self.offset = position.epoch, position.offset
         self._held = {o: p for o, p in self._held.items() if p.epoch == position.epoch}
-        self._resync(position)
+        self._resync(position, newest)
 
     def _drain(self) -> None:
         """Deliver held publications that now follow on; drop those already covered."""
@@ -112,11 +140,12 @@ class RoomFeed:
             else:
                 break
 
-    async def _fill(self) -> None:
-        while self._held:
+    async def _fill(self, *, check: bool = False) -> None:
+        while self._held or check:
             self._drain()
-            if not self._held:
+            if not self._held and not check:
                 return
+            check = False
             try:
                 history = await self.broker.history(
                     self.room, after=self.offset, epoch=self.epoch, limit=self._limit
@@ -124,9 +153,10 @@ class RoomFeed:
             except BrokerError as exc:
                 log.warning("filling a gap in room %r failed (%s); retrying", self.room, exc)
                 await asyncio.sleep(self._retry)
+                check = True  # the read did not happen: do it again
                 continue
             if not history.complete:
-                self._resync_to(history.position)
+                self._resync_to(history.position, history.publications)
             else:
                 self.fills += 1
                 for publication in history.publications:

@@ -23,6 +23,8 @@ from engine.broker.base import (
     History,
     Position,
     Publication,
+    Snapshot,
+    Totals,
 )
 
 __all__ = ["MemoryBroker"]
@@ -37,6 +39,8 @@ class _Room:
     history: deque[Publication]
     offset: int = 0
     handler: Handler | None = field(default=None)
+    state: dict[str, bytes] = field(default_factory=dict)
+    likes: int = 0
 
 
 class MemoryBroker(Broker):
@@ -53,6 +57,7 @@ class MemoryBroker(Broker):
         self._viewers: dict[str, dict[str, tuple[int, float]]] = {}  # room -> node -> (n, exp)
         self._clock = clock
         self._closed = False
+        self._reconnected: list[Callable[[], None]] = []  # never called: nothing to lose
 
     def _room(self, name: str) -> _Room:
         if self._closed:
@@ -63,8 +68,24 @@ class MemoryBroker(Broker):
             room = self._rooms[name] = _Room(epoch, deque(maxlen=self._size))
         return room
 
-    async def publish(self, room: str, data: Sequence[bytes]) -> list[Publication]:
+    async def publish(
+        self,
+        room: str,
+        data: Sequence[bytes],
+        *,
+        state: Mapping[str, bytes | None] | None = None,
+        once: str | None = None,
+    ) -> list[Publication]:
         r = self._room(room)
+        if once is not None:
+            if once in r.state:
+                return []
+            r.state[once] = b"1"
+        for key, value in (state or {}).items():
+            if value is None:
+                r.state.pop(key, None)
+            else:
+                r.state[key] = bytes(value)
         out = []
         for payload in data:
             r.offset += 1
@@ -107,14 +128,28 @@ class MemoryBroker(Broker):
         r = self._room(room)
         return Position(r.epoch, r.offset)
 
-    async def report_viewers(
-        self, node: str, counts: Mapping[str, int], ttl: float
-    ) -> dict[str, int]:
+    async def snapshot(self, room: str, limit: int) -> Snapshot:
+        r = self._room(room)
+        held = r.history
+        newest = tuple(itertools.islice(held, max(0, len(held) - limit), None))
+        state = dict(r.state)
+        if r.likes:
+            state["likes"] = str(r.likes).encode()  # as Redis keeps it
+        return Snapshot(Position(r.epoch, r.offset), newest, state)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnected.append(callback)
+
+    async def report(
+        self, node: str, rooms: Mapping[str, tuple[int, int]], ttl: float
+    ) -> dict[str, Totals]:
         if self._closed:
             raise BrokerUnavailable("broker is closed")
         now = self._clock()
         totals = {}
-        for room, count in counts.items():
+        for room, (count, likes) in rooms.items():
+            r = self._room(room)
+            r.likes += likes
             nodes = self._viewers.setdefault(room, {})
             if count > 0:
                 nodes[node] = (count, now + ttl)
@@ -123,7 +158,7 @@ class MemoryBroker(Broker):
             for other, (_n, expires) in list(nodes.items()):
                 if expires <= now:
                     del nodes[other]
-            totals[room] = sum(n for n, _ in nodes.values())
+            totals[room] = Totals(sum(n for n, _ in nodes.values()), r.likes)
             if not nodes:
                 del self._viewers[room]
         return totals

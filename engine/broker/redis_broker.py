@@ -14,6 +14,7 @@ Guarantees (beyond those of :mod:`engine.broker.base`):
       <prefix>:{room:NAME}:history   stream  d = payload, id "<offset>-1"
       <prefix>:{room:NAME}:channel   the pub/sub channel (msgpack [epoch, first, [payloads]])
       <prefix>:{room:NAME}:viewers   hash    node id -> "count|expires_ms" (viewers.lua)
+      <prefix>:{room:NAME}:state     hash    the room's state (publish.lua), likes total
 
   A room whose meta hash is lost starts a new epoch and drops any stream left over, so
   offsets of different epochs never mix.
@@ -58,6 +59,8 @@ from engine.broker.base import (
     History,
     Position,
     Publication,
+    Snapshot,
+    Totals,
 )
 
 __all__ = ["RedisBroker", "connect"]
@@ -65,7 +68,7 @@ __all__ = ["RedisBroker", "connect"]
 log = logging.getLogger("liveroom.broker")
 T = TypeVar("T")
 
-SCRIPT_NAMES: Final = ("publish", "position", "history", "viewers")
+SCRIPT_NAMES: Final = ("publish", "position", "history", "snapshot", "viewers")
 _epochs = itertools.count(1)
 _NODE = os.urandom(3).hex()
 
@@ -113,6 +116,7 @@ class RedisBroker(Broker):
         self._cluster = isinstance(client, RedisCluster)  # sharded pub/sub on a cluster
         self._feeds: dict[str, _Feed] = {}  # shard (node name) -> its pub/sub feed
         self._handlers: dict[str, tuple[str, Handler]] = {}  # channel -> (room, handler)
+        self._reconnected: list[Callable[[], None]] = []
         self._closed = False
 
     # --- keys and plumbing -----------------------------------------------------------
@@ -125,6 +129,10 @@ class RedisBroker(Broker):
     def viewers_key(self, room: str) -> str:
         """The room's viewer counts per node (hash node -> "count|expires_ms")."""
         return f"{self._prefix}:{{room:{room}}}:viewers"
+
+    def state_key(self, room: str) -> str:
+        """The room's state (hash of named values, and its likes total)."""
+        return f"{self._prefix}:{{room:{room}}}:state"
 
     async def _run(self, call: Callable[[], Awaitable[T]]) -> T:
         if self._closed:
@@ -158,14 +166,29 @@ class RedisBroker(Broker):
 
     # --- publishing and reading ------------------------------------------------------
 
-    async def publish(self, room: str, data: Sequence[bytes]) -> list[Publication]:
-        if not data:
+    async def publish(
+        self,
+        room: str,
+        data: Sequence[bytes],
+        *,
+        state: Mapping[str, bytes | None] | None = None,
+        once: str | None = None,
+    ) -> list[Publication]:
+        if not data and not state:
             return []
         meta, history, channel = self.keys(room)
         command = "SPUBLISH" if self._cluster else "PUBLISH"
-        args = [channel, self._size, _new_epoch(), command, len(data), *data]
-        reply = await self._run(lambda: self._eval("publish", [meta, history], args))
+        sets = [(k, v) for k, v in (state or {}).items() if v is not None]
+        deletes = [k for k, v in (state or {}).items() if v is None]
+        args: list[Any] = [channel, self._size, _new_epoch(), command, once or "", len(sets)]
+        for key, value in sets:
+            args += [key, value]
+        args += [len(deletes), *deletes, len(data), *data]
+        keys = [meta, history, self.state_key(room)]
+        reply = await self._run(lambda: self._eval("publish", keys, args))
         epoch, first = _text(reply[0]), int(reply[1])
+        if first == 0:  # a once-only event that was published already
+            return []
         return [
             Publication(room, epoch, first + i, bytes(payload)) for i, payload in enumerate(data)
         ]
@@ -175,22 +198,45 @@ class RedisBroker(Broker):
         reply = await self._run(lambda: self._eval("position", [meta, history], [_new_epoch()]))
         return Position(_text(reply[0]), int(reply[1]))
 
-    async def report_viewers(
-        self, node: str, counts: Mapping[str, int], ttl: float
-    ) -> dict[str, int]:
+    async def snapshot(self, room: str, limit: int) -> Snapshot:
+        meta, history, _ = self.keys(room)
+        keys = [meta, history, self.state_key(room)]
+        reply = await self._run(lambda: self._eval("snapshot", keys, [_new_epoch(), limit]))
+        raw_epoch, raw_top, newest, flat = reply
+        position = Position(_text(raw_epoch), int(raw_top))
+        pubs = tuple(self._entry(room, position.epoch, e) for e in reversed(newest))
+        state = {
+            _text(flat[i]): flat[i + 1] if isinstance(flat[i + 1], bytes) else flat[i + 1].encode()
+            for i in range(0, len(flat), 2)
+        }
+        return Snapshot(position, pubs, state)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnected.append(callback)
+
+    async def report(
+        self, node: str, rooms: Mapping[str, tuple[int, int]], ttl: float
+    ) -> dict[str, Totals]:
         now_ms, ttl_ms = int(self._clock() * 1000), max(1, int(ttl * 1000))
-        rooms = list(counts)
+        names = list(rooms)
 
         async def run() -> list[Any]:
             # One script run per room (each in its room's slot), concurrently.
             calls = (
-                self._eval("viewers", [self.viewers_key(r)], [node, counts[r], now_ms, ttl_ms])
-                for r in rooms
+                self._eval(
+                    "viewers",
+                    [self.viewers_key(r), self.state_key(r)],
+                    [node, rooms[r][0], now_ms, ttl_ms, rooms[r][1]],
+                )
+                for r in names
             )
             return list(await asyncio.gather(*calls))
 
-        totals = await self._run(run)
-        return {room: int(total) for room, total in zip(rooms, totals, strict=True)}
+        replies = await self._run(run)
+        return {
+            room: Totals(int(reply[0]), int(reply[1]))
+            for room, reply in zip(names, replies, strict=True)
+        }
 
     async def history(self, room: str, *, after: int, epoch: str | None, limit: int) -> History:
         meta, stream, _ = self.keys(room)
@@ -276,6 +322,7 @@ class RedisBroker(Broker):
     async def _read(self, pubsub: PubSub) -> None:
         """Deliver one shard's pub/sub messages to their rooms' handlers until closed."""
         loop = asyncio.get_running_loop()
+        lost = False
         while not self._closed:
             started = loop.time()
             try:
@@ -283,9 +330,19 @@ class RedisBroker(Broker):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # connection lost: the caller fills gaps by offset
-                log.warning("broker pub/sub read failed (%s); retrying", exc)
+                if not lost:
+                    log.warning("broker pub/sub read failed (%s); reconnecting", exc)
+                lost = True
                 await asyncio.sleep(0.2)
                 continue
+            if lost and pubsub.connection is not None and pubsub.connection.is_connected:
+                lost = False  # resubscribed: publications may have been missed meanwhile
+                log.info("broker pub/sub connection is back")
+                for callback in self._reconnected:
+                    try:
+                        callback()
+                    except Exception:
+                        log.exception("a reconnect callback failed")
             if message is None:
                 if loop.time() - started < 0.01:  # returned at once (nothing subscribed)
                     await asyncio.sleep(0.05)
