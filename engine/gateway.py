@@ -61,7 +61,8 @@ from engine.auth import (
 )
 from engine.config import Config, node_id
 from engine.limits import ConnectionGuard
-from engine.room import Hub, Room, RoomsFull
+from engine.relay import Relay
+from engine.room import UNSTAMPED, Hub, Room, RoomsFull
 from engine.sales import SaleDesk
 from engine.wsframe import data_frame
 from protocol import (
@@ -71,6 +72,7 @@ from protocol import (
     BuyResult,
     CloseCode,
     Codec,
+    Comment,
     Error,
     ErrorCode,
     Join,
@@ -89,6 +91,8 @@ from protocol import (
 )
 
 __all__ = ["Connection", "Gateway", "GatewayStatistics"]
+
+_UNAVAILABLE = "room state unavailable (the node cannot reach Redis); not taken, try again later"
 
 log = logging.getLogger("liveroom.gateway")
 _ws_log = logging.getLogger("liveroom.ws")
@@ -187,6 +191,7 @@ class Gateway:
         self.config = config
         self.hub = hub
         self.desk = desk
+        self.relay: Relay | None = None  # shared rooms (broker.backend redis), set by the server
         self.connections: dict[Connection, None] = {}
         self.accepted_total = 0
         self.closed_by_code: dict[int, int] = {}
@@ -620,7 +625,12 @@ class Connection(asyncio.Protocol):
             )
             return
         hub = self.gateway.hub
-        if claims.anonymous and msg.room not in self.rooms and hub.get(msg.room) is None:
+        if (
+            claims.anonymous
+            and self.gateway.relay is None
+            and msg.room not in self.rooms
+            and hub.get(msg.room) is None
+        ):
             self._refuse(
                 ErrorCode.ROOM_NOT_LIVE,
                 f"room {msg.room!r} is not live here; anonymous viewers cannot open rooms",
@@ -639,6 +649,41 @@ class Connection(asyncio.Protocol):
         except RoomsFull as exc:
             self._refuse(ErrorCode.ROOMS_FULL, f"{exc}; try again later", msg.rid)
             return
+        relay = self.gateway.relay
+        if relay is not None and not relay.linked(room):
+            # A shared room this node does not follow yet: answer once its snapshot is in.
+            relay.link(room, lambda error: self._linked(room, msg, error))
+            return
+        self._join(room, msg)
+
+    def _linked(self, room: Room, msg: Join, error: BaseException | None) -> None:
+        """A shared room's snapshot is loaded (or could not be): finish the join."""
+        if not self.open:
+            return
+        if error is not None or self.gateway.hub.get(msg.room) is not room:
+            self._refuse(ErrorCode.UNAVAILABLE, "room state unavailable; try again later", msg.rid)
+            return
+        claims = self.claims
+        assert claims is not None
+        if claims.anonymous and not (room.offset or room.likes or room.viewer_total):
+            self._refuse(
+                ErrorCode.ROOM_NOT_LIVE,
+                f"room {msg.room!r} is not live; anonymous viewers cannot open rooms",
+                msg.rid,
+            )
+            return
+        if msg.room not in self.rooms:
+            limit = self.gateway.config.rooms.max_rooms_per_connection
+            if len(self.rooms) >= limit:
+                self._refuse(
+                    ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms per connection", msg.rid
+                )
+                return
+        else:
+            self.rooms.pop(msg.room).leave(self)
+        self._join(room, msg)
+
+    def _join(self, room: Room, msg: Join) -> None:
         if self.gateway.desk is not None:
             self.gateway.desk.attach(room)  # the room's current sale, for the snapshot
         result = room.join(self, offset=msg.offset, epoch=msg.epoch, rid=msg.rid)
@@ -693,9 +738,30 @@ class Connection(asyncio.Protocol):
             self._comment_due = due
             claims = self.claims
             assert claims is not None
-            offset = room.publish_comment(user_id=claims.user_id, name=claims.name, text=text)
-            if msg.rid is not None:
-                self._ack(msg.rid, offset)
+            relay = self.gateway.relay
+            if relay is None:
+                offset = room.publish_comment(user_id=claims.user_id, name=claims.name, text=text)
+                if msg.rid is not None:
+                    self._ack(msg.rid, offset)
+            elif not relay.healthy:
+                self._refuse(ErrorCode.UNAVAILABLE, _UNAVAILABLE, msg.rid)
+            else:
+                comment = Comment(
+                    id=UNSTAMPED,
+                    user_id=claims.user_id,
+                    name=claims.name,
+                    text=text,
+                    ts=_now_ms(),
+                    offset=0,
+                )
+                relay.submit(room.name, comment, lambda offset: self._published(msg.rid, offset))
+
+    def _published(self, rid: str | int | None, offset: int | None) -> None:
+        """A shared room's comment was acknowledged by the broker with ``offset`` (or not)."""
+        if offset is None:
+            self._refuse(ErrorCode.UNAVAILABLE, _UNAVAILABLE, rid)
+        elif rid is not None:
+            self._ack(rid, offset)
 
     def _take(self, kind: str, rate: float, burst: int, rid: str | int | None) -> bool:
         """Spend one unit of the ``kind`` budget (``_<kind>_due``); else refuse the command."""
@@ -737,6 +803,10 @@ class Connection(asyncio.Protocol):
             return
         rooms = self.gateway.config.rooms
         if not self._take("like", rooms.like_rate, rooms.like_burst, msg.rid):
+            return
+        relay = self.gateway.relay
+        if relay is not None and not relay.healthy:
+            self._refuse(ErrorCode.UNAVAILABLE, _UNAVAILABLE, msg.rid)
             return
         room.add_likes(min(msg.count, rooms.max_likes_per_message))
         if msg.rid is not None:

@@ -23,6 +23,11 @@ Guarantees:
 - Conflated values (like total, viewer count) are sent at most once per tick, latest wins.
 - A room's history is a bounded ring buffer; its epoch changes whenever history restarts,
   so clients can tell "resume from offset" apart from "resync".
+- A room is local (the default: its offsets are given here by :meth:`Room.publish`) or
+  shared (engine/relay.py: offsets, epoch and history come from the broker, events are
+  handed in by :meth:`Room.deliver`, viewer and like totals by :meth:`Room.set_totals`,
+  and :meth:`Room.restart` replaces the history, telling current subscribers to resync
+  with an unsolicited ``joined`` when they had seen the old one).
 - The hub holds at most ``max_rooms`` rooms. A room that loses its last viewer is dropped
   at once if it never had an event nor a like (nothing to resume), else after
   ``empty_room_ttl``; a new room beyond the cap first drops the longest-empty rooms, and
@@ -33,6 +38,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import time
@@ -43,9 +49,21 @@ from typing import Protocol
 
 from engine.limits import PassResult, WriteBudget
 from engine.wsframe import data_frame
-from protocol import Codec, Comment, Joined, Likes, Product, RoomEvent, SaleInfo, Viewers
+from protocol import (
+    Codec,
+    Comment,
+    Joined,
+    Likes,
+    Product,
+    RoomEvent,
+    SaleInfo,
+    Stock,
+    SystemMessage,
+    Viewers,
+)
 
 __all__ = [
+    "UNSTAMPED",
     "FrameSink",
     "Hub",
     "HubStatistics",
@@ -53,6 +71,7 @@ __all__ = [
     "Room",
     "RoomsFull",
     "Subscriber",
+    "stamp",
 ]
 
 
@@ -128,6 +147,20 @@ def _new_epoch() -> str:
     return f"{_EPOCH_PREFIX}{int(time.time()):x}{next(_epoch_counter):x}"
 
 
+UNSTAMPED = "-"
+"""The id of a comment or system message made before its offset is known (see stamp)."""
+
+
+def stamp(event: RoomEvent, epoch: str, offset: int) -> RoomEvent:
+    """``event`` (made with offset 0 and id :data:`UNSTAMPED`) with its offset, and its id
+    where it has one."""
+    if isinstance(event, Comment | SystemMessage):
+        return dataclasses.replace(event, offset=offset, id=f"{epoch}.{offset}")
+    if isinstance(event, Likes | Viewers | Stock):
+        return event  # conflated: no offset
+    return dataclasses.replace(event, offset=offset)
+
+
 class _Slice:
     """Up to ``slice_size`` subscribers that are written together, by codec.
 
@@ -182,10 +215,13 @@ class Room:
         "likes",
         "name",
         "offset",
+        "pending_likes",
         "pin",
         "sale",
+        "shared",
         "slices",
         "snapshot_size",
+        "viewer_total",
     )
 
     def __init__(
@@ -213,6 +249,9 @@ class Room:
         self.empty_since: float | None = time.monotonic()
         self.pin: Product | None = None  # the pinned product card, for joiners' snapshots
         self.sale: SaleInfo | None = None  # the room's current sale, for joiners' snapshots
+        self.shared = False  # offsets come from a broker (see the module docstring)
+        self.viewer_total: int | None = None  # viewers over every node (shared rooms)
+        self.pending_likes = 0  # likes taken here, not yet reported (shared rooms)
         self._unsent: deque[_Entry] = deque()  # events some slice has not been sent yet
         self._conflated: dict[str, RoomEvent] = {}  # key -> latest value, due at the next tick
         self._ready: dict[str, tuple[int, RoomEvent]] = {}  # key -> (version, value) to send
@@ -279,7 +318,7 @@ class Room:
             room=self.name,
             epoch=self.epoch,
             offset=sent,
-            viewers=self.viewers,
+            viewers=self.viewers if self.viewer_total is None else self.viewer_total,
             likes=self.likes,
             resync=resync,
             recent=(),
@@ -341,6 +380,58 @@ class Room:
         )
         return self._append(offset, comment)
 
+    def deliver(self, offset: int, event: RoomEvent) -> None:
+        """Append an event whose offset the broker gave (shared rooms; offset order)."""
+        if offset > self.offset:
+            self._append(offset, event)
+
+    def restart(
+        self, epoch: str, offset: int, events: Iterable[tuple[int, RoomEvent]], *, tell: bool
+    ) -> None:
+        """Replace the history: ``epoch`` at ``offset``, holding ``events`` (oldest first).
+
+        Every subscriber is caught up to ``offset``. With ``tell``, each is sent an
+        unsolicited ``joined`` (no ``rid``, ``resync`` true, the snapshot in ``recent``),
+        which replaces its view as a resync answer does (SPEC §8).
+        """
+        self.epoch, self.offset = epoch, offset
+        self.history.clear()
+        for event_offset, event in events:
+            self.history.append(_Entry(event_offset, event))
+        self._unsent.clear()
+        self._frames.clear()
+        for sl in self.slices:
+            sl.sent = offset
+        if not tell or not self.slices:
+            return
+        entries = tuple(
+            itertools.islice(self.history, max(0, len(self.history) - self.snapshot_size), None)
+        )
+        result = JoinResult(
+            Joined(
+                room=self.name,
+                epoch=epoch,
+                offset=offset,
+                viewers=self.viewers if self.viewer_total is None else self.viewer_total,
+                likes=self.likes,
+                resync=True,
+                recent=(),
+                pin=self.pin,
+                sale=self.sale,
+            ),
+            entries,
+        )
+        for sl in self.slices:
+            for codec, subs in sl.subs.items():
+                frame = data_frame(result.payload(codec), binary=codec.binary)
+                for sink in subs.values():
+                    sink.write(frame)
+
+    def set_totals(self, viewers: int, likes: int) -> None:
+        """The room's totals over every node (shared rooms), sent with the next tick."""
+        self.viewer_total = viewers
+        self.likes = likes + self.pending_likes
+
     def _append(self, offset: int, event: RoomEvent) -> int:
         self.offset = offset
         entry = _Entry(offset, event)
@@ -354,6 +445,8 @@ class Room:
     def add_likes(self, count: int) -> None:
         """Count likes; the total goes out with the next conflation tick."""
         self.likes += count
+        if self.shared:
+            self.pending_likes += count
 
     def conflate(self, key: str, event: RoomEvent) -> None:
         """Set the latest value under ``key``; only the latest goes out, at the next tick."""
@@ -364,7 +457,7 @@ class Room:
         if self.likes != self._sent_likes:
             self._sent_likes = self.likes
             self._conflated["likes"] = Likes(total=self.likes)
-        viewers = self.viewers
+        viewers = self.viewers if self.viewer_total is None else self.viewer_total
         if viewers != self._sent_viewers:
             self._sent_viewers = viewers
             self._conflated["viewers"] = Viewers(count=viewers)
@@ -538,6 +631,7 @@ class Hub:
         self._loop = loop or asyncio.get_running_loop()
         self._budget = write_budget
         self._cut_off = cut_off
+        self.on_vacated: Callable[[Room], None] | None = None  # a room lost its last viewer
         if write_budget is not None:
             write_budget.attach(self._loop, self.budget_pass)
 
@@ -572,6 +666,11 @@ class Hub:
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
+    @property
+    def history_size(self) -> int:
+        """Events each room keeps for resumes."""
+        return self._history_size
+
     def _occupied(self, room: Room) -> None:
         """``room`` got its first viewer (called by the room)."""
         if self._empty.get(room.name) is room:
@@ -581,6 +680,8 @@ class Hub:
         """``room`` lost its last viewer (called by the room)."""
         if self.rooms.get(room.name) is not room:
             return  # already forgotten
+        if self.on_vacated is not None:
+            self.on_vacated(room)
         if room.eventless:
             self._drop(room.name)
         else:

@@ -22,6 +22,14 @@ Guarantees:
 - Room events are published in the order the store decided them. A replayed first answer
   (a retry) is not shown to the room again, and an answer to a ``retry`` press (possibly
   decided long ago) never moves the room's stock, status or sold-out flag.
+- Shared rooms (a :class:`~engine.relay.Relay` is set): events go through the broker;
+  pins and the room's current sale are kept in the room's broker state, and every node
+  follows pins, sales, closes and sold-out flags from the events delivered to it
+  (:meth:`SaleDesk.observe`) and from a linking room's state (:meth:`SaleDesk.adopt`).
+  Events every node may decide (sold out, ended) are once-only cluster-wide. Each node
+  reads the stock of its rooms' current sales from the store every tick
+  (:meth:`SaleDesk.poll`), so counts, restocks and cancels made on any node reach its
+  viewers. Service calls work for any room, held here or not.
 """
 
 from __future__ import annotations
@@ -31,12 +39,13 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
 from engine.config import StockConfig
-from engine.room import Hub, Room
+from engine.relay import Relay, decode_event, encode_event
+from engine.room import UNSTAMPED, Hub, Room, stamp
 from engine.stock import (
     PurchaseRequest,
     PurchaseResult,
@@ -54,7 +63,9 @@ from protocol import (
     BuyResult,
     Pinned,
     Product,
+    ProtocolError,
     Purchase,
+    RoomEvent,
     SaleClosed,
     SaleInfo,
     SaleOpened,
@@ -256,6 +267,7 @@ class SaleDesk:
         self._waiting: dict[str, list[_Then]] = {}  # sale id -> presses awaiting its lookup
         self._lookup_queue: asyncio.Queue[str] = asyncio.Queue()
         self._unknown: dict[str, float] = {}  # sale id -> monotonic time its "unknown" expires
+        self.relay: Relay | None = None  # shared rooms: events go through the broker
 
     def _count_round_trip(self, seconds: float, _size: int) -> None:
         self.store_calls += 1
@@ -310,34 +322,33 @@ class SaleDesk:
 
     def _learn(self, state: SaleState) -> _Known:
         """Record (or refresh) a sale from a store state; show it if it is its room's latest."""
-        known = self.sales.get(state.sale_id)
-        info = sale_info(state)
+        return self._record(state.room, sale_info(state), state.opened_at, closed=state.closed)
+
+    def _record(self, room: str, info: SaleInfo, opened_at: float, *, closed: bool) -> _Known:
+        known = self.sales.get(info.id)
         if known is None:
-            known = self.sales[state.sale_id] = _Known(
-                room=state.room,
+            starts_at, ends_at = info.starts / 1000, info.ends / 1000
+            known = self.sales[info.id] = _Known(
+                room=room,
                 info=info,
-                starts_at=state.starts_at,
-                ends_at=state.ends_at,
-                opened_at=state.opened_at,
-                closed=state.closed,
-                over=state.closed or state.ends_at <= self.clock(),
+                starts_at=starts_at,
+                ends_at=ends_at,
+                opened_at=opened_at,
+                closed=closed,
+                over=closed or ends_at <= self.clock(),
             )
-            self._unknown.pop(state.sale_id, None)
-            self._schedule(state)
+            self._unknown.pop(info.id, None)
+            self._schedule(info.id, starts_at, ends_at, closed=closed)
         else:
-            known.info, known.closed = info, state.closed
-        if state.remaining == 0:
-            self.sold_out.add(state.sale_id)
+            known.info, known.closed = info, closed
+        if info.remaining == 0:
+            self.sold_out.add(info.id)
         else:
-            self.sold_out.discard(state.sale_id)
-        current = self.current.get(state.room)
-        if (
-            current is None
-            or current == state.sale_id
-            or (self.sales[current].opened_at <= state.opened_at)
-        ):
-            self.current[state.room] = state.sale_id
-        self._show(state.sale_id)
+            self.sold_out.discard(info.id)
+        current = self.current.get(room)
+        if current is None or current == info.id or self.sales[current].opened_at <= opened_at:
+            self.current[room] = info.id
+        self._show(info.id)
         return known
 
     def _show(self, sale_id: str) -> None:
@@ -500,12 +511,12 @@ class SaleDesk:
     ) -> None:
         if result.status not in _STOCK_CHANGES or result.replayed:
             return  # a replayed first answer is old news for the room
-        room = self.hub.get(self.sales[sale_id].room)
-        if result.status is PurchaseStatus.OK and room is not None:
-            room.publish(
-                lambda off, ts: Purchase(
-                    sale_id=sale_id, name=mask_name(name), qty=result.quantity, ts=ts, offset=off
-                )
+        if result.status is PurchaseStatus.OK:
+            self._publish(
+                self.sales[sale_id].room,
+                Purchase(
+                    sale_id=sale_id, name=mask_name(name), qty=result.quantity, ts=_now(), offset=0
+                ),
             )
         if result.remaining is not None and not retry:
             self._stock_changed(sale_id, result.remaining)
@@ -524,8 +535,11 @@ class SaleDesk:
         if remaining == 0:
             if sale_id not in self.sold_out:
                 self.sold_out.add(sale_id)
-                if room is not None:
-                    room.publish(lambda off, ts: SoldOut(sale_id=sale_id, ts=ts, offset=off))
+                self._publish(
+                    known.room,
+                    SoldOut(sale_id=sale_id, ts=_now(), offset=0),
+                    once=f"sold_out:{sale_id}:{known.info.stock}",
+                )
         else:
             self.sold_out.discard(sale_id)
 
@@ -538,13 +552,42 @@ class SaleDesk:
             raise KeyError(name)
         return room
 
-    def pin(self, room_name: str, product: Product) -> None:
+    def _publish(self, room_name: str, event: RoomEvent, *, once: str | None = None) -> None:
+        """Publish ``event`` (made with offset 0): to the room here, or through the relay
+        (shared rooms; a failure is logged: the store already holds what happened)."""
+        relay = self.relay
+        if relay is not None:
+            relay.submit(room_name, event, _log_failure(room_name, event), once=once)
+            return
+        room = self.hub.get(room_name)
+        if room is not None:
+            room.publish(lambda off, _ts: stamp(event, room.epoch, off))
+
+    async def pin(self, room_name: str, product: Product) -> None:
+        """Pin ``product`` in the room.
+
+        Raises:
+            KeyError: the room is not held here (local rooms only).
+            BrokerError: the broker could not be reached (shared rooms).
+        """
+        event = Pinned(product=product, ts=_now(), offset=0)
+        if self.relay is not None:
+            await self.relay.publish(room_name, event, state={"pin": encode_event(event)})
+            return
         room = self.room(room_name)
         room.pin = self.pins[room_name] = product
-        room.publish(lambda off, ts: Pinned(product=product, ts=ts, offset=off))
+        room.publish(lambda off, _ts: stamp(event, room.epoch, off))
 
-    def unpin(self, room_name: str) -> bool:
+    async def unpin(self, room_name: str) -> bool:
         """Unpin the room's product; False when nothing was pinned."""
+        if self.relay is not None:
+            state = (await self.relay.broker.snapshot(room_name, 1)).state
+            pinned = _pinned(state.get("pin"))
+            if pinned is None:
+                return False
+            event = Unpinned(product_id=pinned.product.id, ts=_now(), offset=0)
+            await self.relay.publish(room_name, event, state={"pin": None})
+            return True
         room = self.room(room_name)
         product = self.pins.pop(room_name, None)
         if product is None:
@@ -553,33 +596,101 @@ class SaleDesk:
         room.publish(lambda off, ts: Unpinned(product_id=product.id, ts=ts, offset=off))
         return True
 
-    def system_message(self, room_name: str, text: str) -> int:
+    async def system_message(self, room_name: str, text: str) -> int:
         """Post a host/system message to the room; returns its offset."""
+        event = SystemMessage(id=UNSTAMPED, text=text, ts=_now(), offset=0)
+        if self.relay is not None:
+            offset = await self.relay.publish(room_name, event)
+            assert offset is not None
+            return offset
         room = self.room(room_name)
-        return room.publish(
-            lambda off, ts: SystemMessage(id=f"{room.epoch}.{off}", text=text, ts=ts, offset=off)
-        )
+        return room.publish(lambda off, _ts: stamp(event, room.epoch, off))
 
     async def open_sale(self, spec: SaleSpec) -> SaleState:
-        room = self.room(spec.room)
+        if self.relay is None:
+            room = self.room(spec.room)
         state = await self.store.open_sale(spec)
         known = self._learn(state)
-        room.publish(lambda off, ts: SaleOpened(sale=known.info, ts=ts, offset=off))
+        event = SaleOpened(sale=known.info, ts=_now(), offset=0)
+        if self.relay is not None:
+            await self.relay.publish(spec.room, event, state={"sale": spec.sale_id.encode()})
+        else:
+            room.publish(lambda off, _ts: stamp(event, room.epoch, off))
         return state
 
-    def _schedule(self, state: SaleState) -> None:
+    # --- shared rooms: what other nodes did -------------------------------------------
+
+    def observe(self, room: Room, event: RoomEvent) -> None:
+        """Follow an event delivered to a shared room (published by any node)."""
+        if isinstance(event, Pinned):
+            room.pin = self.pins[room.name] = event.product
+        elif isinstance(event, Unpinned):
+            self.pins.pop(room.name, None)
+            room.pin = None
+        elif isinstance(event, SaleOpened):
+            self._record(room.name, event.sale, event.ts / 1000, closed=False)
+        elif isinstance(event, SaleClosed):
+            if event.sale_id in self.sales:
+                self._ended(event.sale_id, event.reason, publish=False)
+        elif isinstance(event, SoldOut):
+            known = self.sales.get(event.sale_id)
+            if known is not None and event.sale_id not in self.sold_out:
+                self.sold_out.add(event.sale_id)
+                status = "sold_out" if known.info.status == "open" else known.info.status
+                self._set_info(event.sale_id, remaining=0, status=status)
+
+    async def adopt(self, room: Room, state: Mapping[str, bytes]) -> None:
+        """Take a linking shared room's pin and current sale from its broker state."""
+        pinned = _pinned(state.get("pin"))
+        if pinned is None:
+            self.pins.pop(room.name, None)
+        else:
+            self.pins[room.name] = pinned.product
+        sale = state.get("sale")
+        if sale is not None:
+            sale_id = sale.decode("utf-8", "replace")
+            try:
+                state_now = await self.store.state(sale_id)
+            except StockError as exc:
+                log.warning("room %r: sale %r not read (%s)", room.name, sale_id, exc)
+            else:
+                self._learn(state_now)
+        self.attach(room)
+
+    async def poll(self, rooms: Iterable[Room]) -> None:
+        """Read the stock of these shared rooms' current sales from the store."""
+        sales = [
+            sale_id
+            for room in rooms
+            if (sale_id := self.current.get(room.name)) is not None and not self.sales[sale_id].over
+        ]
+        if not sales:
+            return
+        states = await asyncio.gather(
+            *(self.store.state(sale_id) for sale_id in sales), return_exceptions=True
+        )
+        for sale_id, state in zip(sales, states, strict=True):
+            if not isinstance(state, SaleState):
+                continue
+            known = self.sales[sale_id]
+            stock = state.initial + state.restocked
+            if known.info.stock != stock:
+                self._set_info(sale_id, stock=stock)
+            if known.info.remaining != state.remaining:
+                self._stock_changed(sale_id, state.remaining)
+
+    def _schedule(self, sale_id: str, starts_at: float, ends_at: float, *, closed: bool) -> None:
         """Timers for the snapshot's status: open at ``starts_at``, ended at ``ends_at``."""
-        if state.closed:
+        if closed:
             return
         loop = asyncio.get_running_loop()
         now = self.clock()
-        sale_id = state.sale_id
-        if state.starts_at > now:
+        if starts_at > now:
             self._timers[sale_id, "start"] = loop.call_later(
-                state.starts_at - now, self._started, sale_id
+                starts_at - now, self._started, sale_id
             )
         self._timers[sale_id, "end"] = loop.call_later(
-            max(0.0, state.ends_at - now), self._ended, sale_id, "ended"
+            max(0.0, ends_at - now), self._ended, sale_id, "ended"
         )
 
     def _started(self, sale_id: str) -> None:
@@ -588,7 +699,7 @@ class SaleDesk:
         if info.status == "scheduled":
             self._set_info(sale_id, status="open" if info.remaining else "sold_out")
 
-    def _ended(self, sale_id: str, reason: str) -> None:
+    def _ended(self, sale_id: str, reason: str, *, publish: bool = True) -> None:
         for kind in ("start", "end"):
             timer = self._timers.pop((sale_id, kind), None)
             if timer is not None:
@@ -599,10 +710,11 @@ class SaleDesk:
             return
         known.over = True
         self._set_info(sale_id, status=reason)
-        room = self.hub.get(known.room)
-        if room is not None:
-            room.publish(
-                lambda off, ts: SaleClosed(sale_id=sale_id, reason=reason, ts=ts, offset=off)
+        if publish:
+            self._publish(
+                known.room,
+                SaleClosed(sale_id=sale_id, reason=reason, ts=_now(), offset=0),
+                once=f"closed:{sale_id}",
             )
 
     async def _know(self, sale_id: str) -> None:
@@ -637,6 +749,29 @@ class SaleDesk:
         if sale_id not in self.sales:
             self._learn(state)
         return state
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _pinned(data: bytes | None) -> Pinned | None:
+    """The pin event kept in a room's broker state, if any."""
+    if data is None:
+        return None
+    try:
+        event = decode_event(data)
+    except ProtocolError:
+        return None
+    return event if isinstance(event, Pinned) else None
+
+
+def _log_failure(room: str, event: RoomEvent) -> Callable[[int | None], None]:
+    def done(offset: int | None) -> None:
+        if offset is None and not isinstance(event, SaleClosed | SoldOut):
+            log.warning("room %r: %s event not published (broker unreachable)", room, event.TYPE)
+
+    return done
 
 
 SALE_MEMORY: Final = 86400.0

@@ -23,6 +23,8 @@ import signal
 import ssl
 import sys
 
+from engine.broker import Broker, BrokerError
+from engine.broker import connect as connect_redis_broker
 from engine.config import AuthConfig, Config, node_id
 from engine.gateway import Connection, Gateway
 from engine.limits import (
@@ -32,6 +34,7 @@ from engine.limits import (
     open_files_limit,
     raise_open_files_limit,
 )
+from engine.relay import Relay
 from engine.room import Hub, Subscriber
 from engine.sales import SaleDesk
 from engine.service import ServiceRunner, start_service
@@ -57,9 +60,27 @@ async def _open_store(config: Config) -> StockStore:
     stock = config.stock
     if stock.backend == "redis":
         return await connect_redis_store(
-            stock.redis_url, timeout=stock.redis_timeout, key_prefix=stock.key_prefix
+            stock.redis_url,
+            timeout=stock.redis_timeout,
+            key_prefix=stock.key_prefix,
+            cluster=stock.cluster,
         )
     return MemoryStockStore()
+
+
+async def _open_broker(config: Config) -> Broker | None:
+    """The Redis broker when rooms are shared; None for the embedded memory path."""
+    broker = config.broker
+    if broker.backend != "redis":
+        return None
+    return await connect_redis_broker(
+        broker.redis_url,
+        history_size=config.rooms.history_size,
+        key_prefix=broker.key_prefix,
+        timeout=broker.redis_timeout,
+        cluster=broker.cluster,
+        reconnect_max=broker.reconnect_max,
+    )
 
 
 def connection_guard(config: Config) -> ConnectionGuard:
@@ -99,6 +120,8 @@ class LiveroomServer:
         self.gateway: Gateway | None = None
         self.store: StockStore | None = None
         self.desk: SaleDesk | None = None
+        self.broker: Broker | None = None
+        self.relay: Relay | None = None
         self.service: ServiceRunner | None = None
         self._server: asyncio.Server | None = None
         self._tasks: asyncio.TaskGroup | None = None
@@ -141,6 +164,17 @@ class LiveroomServer:
         if learnt:
             log.info("learnt %d recent sales from the stock store", learnt)
         self.gateway = Gateway(self.config, self.hub, self.desk)
+        self.broker = await _open_broker(self.config)
+        if self.broker is not None:
+            self.relay = Relay(
+                self.broker,
+                self.hub,
+                node=node_id(self.config),
+                viewers_ttl=self.config.broker.viewers_ttl,
+                adopt=self.desk.adopt,
+                observe=self.desk.observe,
+            )
+            self.desk.relay = self.gateway.relay = self.relay
         self.gateway.guard = guard = connection_guard(self.config)
         guard.install(loop)
         if self.config.service.enabled:
@@ -185,9 +219,16 @@ class LiveroomServer:
             guard.probe()
 
     async def _tick(self) -> None:
-        assert self.hub is not None
+        assert self.hub is not None and self.desk is not None
+        relay = self.relay
         while True:
             await asyncio.sleep(self.config.rooms.conflate_interval_ms / 1000)
+            if relay is not None:  # totals over every node, stock from the store
+                try:
+                    await relay.tick()
+                    await self.desk.poll(r for r in self.hub.rooms.values() if r.slices)
+                except Exception:  # a bug must not stop the node's conflation ticks
+                    log.exception("shared-room tick failed")
             self.hub.tick()
 
     async def close(self) -> None:
@@ -211,6 +252,10 @@ class LiveroomServer:
         self._stopping.set()
         await self._runner
         self.hub.close()
+        if self.relay is not None:
+            await self.relay.close()
+        if self.broker is not None:
+            await self.broker.close()
         self.gateway.guard.uninstall(asyncio.get_running_loop())
         if self.desk is not None:
             self.desk.close()
@@ -251,7 +296,7 @@ def run(config: Config) -> int:
     """
     try:
         return _run(config)
-    except (OSError, StockError) as exc:
+    except (OSError, StockError, BrokerError) as exc:
         print(f"liveroom: cannot start: {exc}", file=sys.stderr)
         return 1
 

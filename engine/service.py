@@ -48,7 +48,9 @@ Guarantees:
   :data:`MAX_BODY_SIZE`; a declared ``Content-Length`` over it is refused at once, before
   authentication and without reading the body); 503
   ``store_unavailable`` with ``Retry-After: 1`` (the stock store cannot be reached; the
-  operation may or may not have taken effect: read the sale state before retrying); 500
+  operation may or may not have taken effect: read the sale state before retrying); 503
+  ``broker_unavailable`` with ``Retry-After: 1`` (shared rooms: the room broker cannot be
+  reached; the event was not acknowledged); 500
   ``internal`` only for a server bug (logged with its traceback). A request aiohttp cannot
   parse (request line or a header over 8 KiB, malformed headers) never reaches the API:
   aiohttp answers it with a plain-text 400 and closes the connection.
@@ -67,11 +69,13 @@ Guarantees:
   :mod:`protocol.names` (``直播间-1`` is a room name; spaces, ``/``, control and bidi
   characters are not); sale and product ids keep their ASCII rule ``[A-Za-z0-9_.:-]``.
   A refused room name is never echoed back.
-* A room is known to the API while it exists in this node's hub: from its first viewer's
-  join until it has been empty for a while (the hub's empty-room TTL). Pins, messages
-  and new sales for a room unknown to this node are 404 ``room_not_found``: call the node
-  that holds the room's viewers. Sale reads, closes, restocks and cancels go to the store,
-  so they work for any sale the store knows; room events follow when the room is here.
+* With shared rooms (``broker.backend = "redis"``) every room is known on every node:
+  pins, messages and sales go through the broker to every node with viewers in the room,
+  whichever node the call reached. With the memory broker a room is known to the API
+  while it exists in this node's hub: from its first viewer's join until it has been
+  empty for a while (the hub's empty-room TTL); pins, messages and new sales for a room
+  unknown to this node are 404 ``room_not_found``. Sale reads, closes, restocks and
+  cancels go to the store, so they work for any sale the store knows.
 * Metrics are read at scrape time from the gateway's, hub's and sale desk's statistics
   by a collector on a private registry (several servers in one process do not clash).
 * The access log is off; shutdown waits at most ``server.close_timeout`` for requests in
@@ -99,6 +103,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import CollectorRegistry
 
+from engine.broker import BrokerError
 from engine.config import Config
 from engine.gateway import Gateway
 from engine.room import Hub
@@ -690,6 +695,13 @@ class _Api:
                 f"stock store unavailable, retry later: {exc}",
                 headers={"Retry-After": "1"},
             ).response()
+        except BrokerError as exc:
+            return ApiError(
+                503,
+                "broker_unavailable",
+                f"room broker unavailable, retry later: {exc}",
+                headers={"Retry-After": "1"},
+            ).response()
         except SaleNotFound as exc:
             return ApiError(404, "sale_not_found", f"no such sale: {exc}").response()
         except SaleExists as exc:
@@ -706,8 +718,9 @@ class _Api:
             return ApiError(500, "internal", "internal error").response()
 
     def known_room(self, request: web.Request) -> str:
+        """The path's room: any room when rooms are shared, else one this node holds."""
         name = _room(request.match_info["room"])
-        if self.hub.get(name) is None:
+        if self.desk.relay is None and self.hub.get(name) is None:
             raise ApiError(
                 404, "room_not_found", f"room {name!r} has no viewers on this node", field="room"
             )
@@ -735,6 +748,8 @@ class _Api:
                 "rooms": self.hub.statistics().rooms,
                 "store": self.config.stock.backend,
                 "store_ok": store_ok,
+                "broker": self.config.broker.backend,
+                "broker_ok": self.desk.relay is None or self.desk.relay.healthy,
             }
         )
 
@@ -749,12 +764,12 @@ class _Api:
         room = self.known_room(request)
         product = _product(await _read_object(request, self.body_timeout))
         room = self.known_room(request)  # the body may have taken a while
-        self.desk.pin(room, product)
+        await self.desk.pin(room, product)
         return _json({"room": room, "product": _product_json(product)})
 
     async def unpin(self, request: web.Request) -> web.Response:
         room = self.known_room(request)
-        return _json({"room": room, "unpinned": self.desk.unpin(room)})
+        return _json({"room": room, "unpinned": await self.desk.unpin(room)})
 
     async def message(self, request: web.Request) -> web.Response:
         self.known_room(request)
@@ -764,7 +779,7 @@ class _Api:
         if not text.strip():
             _bad_field("text", "must not be blank")
         room = self.known_room(request)
-        return _json({"room": room, "offset": self.desk.system_message(room, text)})
+        return _json({"room": room, "offset": await self.desk.system_message(room, text)})
 
     # sales
 
@@ -824,7 +839,7 @@ class _Api:
             starts_at=starts_at,
             ends_at=ends_at,
         )
-        if self.hub.get(room) is None:  # no await between this check and the desk's own
+        if self.desk.relay is None and self.hub.get(room) is None:  # no await until the desk's
             raise ApiError(
                 404, "room_not_found", f"room {room!r} has no viewers on this node", field="room"
             )
@@ -919,7 +934,12 @@ async def start_service(
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.service.host, config.service.port)
+        site = web.TCPSite(
+            runner,
+            config.service.host,
+            config.service.port,
+            reuse_port=config.server.reuse_port or None,
+        )
         await site.start()
         port = int(runner.addresses[0][1])
     except BaseException:

@@ -291,7 +291,9 @@ class Supervisor:
         return self._status
 
     async def _stop_all(self, keepers: list[asyncio.Task[None]]) -> None:
-        print(f"liveroom supervisor: stopping {len(self.pids)} workers", file=sys.stderr)
+        print(
+            f"liveroom supervisor: stopping {len(self.pids)} workers", file=sys.stderr, flush=True
+        )
         for slot in self._slots:
             _signal(slot.proc, signal.SIGTERM)
         _, running = await asyncio.wait(keepers, timeout=self.stop_timeout)

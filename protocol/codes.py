@@ -46,3 +46,4 @@ class ErrorCode(enum.StrEnum):
     TOKEN_EXPIRED = "token_expired"  # a refused ``refresh``: the new token already expired
     ROOMS_FULL = "rooms_full"  # the node holds its maximum number of rooms; retry later
     ROOM_NOT_LIVE = "room_not_live"  # anonymous join of a room the node does not hold
+    UNAVAILABLE = "unavailable"  # the shared room state (Redis) is unreachable; retry later

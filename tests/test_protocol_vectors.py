@@ -398,5 +398,13 @@ def test_spec_lists_the_vector_files() -> None:
 
 def test_spec_lists_what_was_added_within_v1() -> None:
     added = SPEC.split("- Added within v1:", 1)[1].split("\n\n", 1)[0]
-    for name in ("`refresh`", "`refreshed`", "`welcome.exp`", "`rooms_full`", "`room_not_live`"):
+    for name in (
+        "`refresh`",
+        "`refreshed`",
+        "`welcome.exp`",
+        "`rooms_full`",
+        "`room_not_live`",
+        "`unavailable`",
+        "unsolicited\n  `joined`",
+    ):
         assert name in added

@@ -482,11 +482,11 @@ async def test_more_than_the_limit_at_once_is_limit_reached_and_unknown_sales_ar
 async def test_pin_and_unpin_set_the_room_card_and_publish_events() -> None:
     async with desk_harness() as h:
         product = Product(id="cup", title="保温杯", price=5900, currency="CNY")
-        h.desk.pin(ROOM, product)
+        await h.desk.pin(ROOM, product)
         assert h.room.pin == product
-        assert h.desk.unpin(ROOM) is True
+        assert (await h.desk.unpin(ROOM)) is True
         assert h.room.pin is None
-        assert h.desk.unpin(ROOM) is False
+        assert (await h.desk.unpin(ROOM)) is False
         await h.desk.open_sale(spec("pinned", 1, 1))
         await h.flushed()
         events = [e for e in h.viewer.events() if not isinstance(e, Viewers)]
@@ -494,7 +494,7 @@ async def test_pin_and_unpin_set_the_room_card_and_publish_events() -> None:
         assert kinds == [Pinned, Unpinned, SaleOpened]
         assert expect(events[0], Pinned).product == product
         with pytest.raises(KeyError):
-            h.desk.pin("no-such-room", product)
+            await h.desk.pin("no-such-room", product)
 
 
 # --- answers SPEC 9.3 fixes, and sales the node learns from the store ---------------------
@@ -558,7 +558,7 @@ async def test_a_desk_learns_sales_from_the_store_at_start_and_on_a_press() -> N
 async def test_a_room_dropped_and_made_again_gets_its_pin_and_sale_back() -> None:
     async with desk_harness() as h:
         product = Product(id="p1", title="保温杯", price=9900)
-        h.desk.pin(ROOM, product)
+        await h.desk.pin(ROOM, product)
         await h.desk.open_sale(spec("kept", 3, 1))
         h.room.leave(h.viewer)
         del h.hub.rooms[ROOM]  # dropped (empty for longer than the TTL, or to make room)
@@ -567,7 +567,7 @@ async def test_a_room_dropped_and_made_again_gets_its_pin_and_sale_back() -> Non
         h.desk.attach(again)
         assert again.pin == product
         assert again.sale is not None and again.sale.id == "kept"
-        assert h.desk.unpin(ROOM) is True
+        assert (await h.desk.unpin(ROOM)) is True
         h.desk.attach(again)
         assert again.pin is None
 

@@ -528,7 +528,7 @@ async def test_a_late_joiner_gets_the_current_pin_and_sale_in_its_snapshot(
     assert srv.desk is not None
     alice = await joined_peer(srv, "alice")
     product = Product(id="p-late", title="保温杯 500ml", price=PRICE, currency="CNY")
-    srv.desk.pin(ROOM, product)
+    await srv.desk.pin(ROOM, product)
     sid = "snap"
     await open_sale(srv, sid, 3, 2)
     assert (await buy(alice, sid, "s-1", qty=2)).status == "ok"

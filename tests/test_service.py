@@ -159,6 +159,8 @@ async def test_health_needs_no_key(api: Api, viewer: Peer) -> None:
         "rooms": 1,
         "store": "memory",
         "store_ok": True,
+        "broker": "memory",
+        "broker_ok": True,
     }
 
 

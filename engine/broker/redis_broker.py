@@ -92,6 +92,8 @@ class RedisBroker(Broker):
         key_prefix: first part of every key (no braces).
         timeout: seconds within which every call answers or raises BrokerUnavailable.
         clock: unix seconds now, for viewer-count expiry.
+        reconnect_max: longest wait between a lost pub/sub connection's reconnect attempts
+            (the wait doubles from 0.1 s).
     """
 
     def __init__(
@@ -102,8 +104,10 @@ class RedisBroker(Broker):
         key_prefix: str = "lr",
         timeout: float = 1.0,
         clock: Callable[[], float] = time.time,
+        reconnect_max: float = 5.0,
     ) -> None:
         self._client = client
+        self._reconnect_max = reconnect_max
         self._clock = clock
         self._size = history_size
         self._prefix = key_prefix
@@ -323,6 +327,7 @@ class RedisBroker(Broker):
         """Deliver one shard's pub/sub messages to their rooms' handlers until closed."""
         loop = asyncio.get_running_loop()
         lost = False
+        wait = 0.1
         while not self._closed:
             started = loop.time()
             try:
@@ -333,10 +338,11 @@ class RedisBroker(Broker):
                 if not lost:
                     log.warning("broker pub/sub read failed (%s); reconnecting", exc)
                 lost = True
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, self._reconnect_max)
                 continue
             if lost and pubsub.connection is not None and pubsub.connection.is_connected:
-                lost = False  # resubscribed: publications may have been missed meanwhile
+                lost, wait = False, 0.1  # resubscribed: publications may have been missed
                 log.info("broker pub/sub connection is back")
                 for callback in self._reconnected:
                     try:
@@ -395,6 +401,7 @@ async def connect(
     timeout: float = 1.0,
     cluster: bool = False,
     clock: Callable[[], float] = time.time,
+    reconnect_max: float = 5.0,
 ) -> RedisBroker:
     """A :class:`RedisBroker` on its own time-bounded client, its scripts loaded.
 
@@ -416,7 +423,12 @@ async def connect(
         else aioredis.Redis.from_url(url, **options)
     )
     broker = RedisBroker(
-        client, history_size=history_size, key_prefix=key_prefix, timeout=timeout, clock=clock
+        client,
+        history_size=history_size,
+        key_prefix=key_prefix,
+        timeout=timeout,
+        clock=clock,
+        reconnect_max=reconnect_max,
     )
     try:
         await broker.load()
