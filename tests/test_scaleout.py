@@ -17,20 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+import redis.asyncio as aioredis
 
+from engine.stock import check_invariants
+from engine.stock import connect as connect_store
 from protocol import (
     Ack,
+    Buy,
+    BuyResult,
     Joined,
+    Pinned,
+    Purchase,
+    SaleOpened,
     SendComment,
+    SoldOut,
+    Stock,
 )
 from tests.conftest import Peer, expect, token
 from tests.processes import Engine
 
 PRICE = 9900
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -75,6 +87,28 @@ async def viewer(engine: Engine, user: str, room: str, **join: object) -> tuple[
 
 async def comment_offsets(peer: Peer, n: int, timeout: float = 10.0) -> list[tuple[int, str]]:
     return [(c.offset, c.text) for c in await peer.comments(n, timeout)]
+
+
+async def next_of(peer: Peer, cls: type[T], timeout: float = 10.0) -> T:
+    """The next message of type ``cls`` (room events are kept in ``peer.events``)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            msg = await peer._recv_keeping_events(timeout)
+            if isinstance(msg, cls):
+                return msg
+            if msg is not None:
+                peer.others.append(msg)
+
+
+async def eventually(read: Callable[[], Awaitable[object]], value: object) -> None:
+    """Poll ``read`` until it returns ``value`` (5 s at most)."""
+    got: object = None
+    for _ in range(100):
+        got = await read()
+        if got == value:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {value!r}, still {got!r}")
 
 
 def rooms_on_every_shard(count: int) -> list[str]:
@@ -134,3 +168,154 @@ async def test_viewers_on_different_nodes_see_each_others_comments_in_one_order(
     async with asyncio.timeout(60):
         with nodes(count, redis_url, tmp_path) as engines:
             await _comments_in_one_order(engines, "show-order")
+
+
+# --- pins and sales across nodes ------------------------------------------------------
+
+
+def sale_body(sale_id: str, room: str, stock: int, limit: int) -> dict[str, object]:
+    return {
+        "sale_id": sale_id,
+        "room": room,
+        "product_id": "p1",
+        "stock": stock,
+        "price": PRICE,
+        "per_user_limit": limit,
+        "duration": 600,
+    }
+
+
+async def _pin_and_sale_reach_other_nodes(engines: Sequence[Engine], room: str) -> None:
+    a, b = engines[0], engines[1]
+    on_b, _ = await viewer(b, "early-b", room)
+    # Node A holds no viewer of the room: its API still answers for it.
+    product = {"id": "cup", "title": "保温杯 500ml", "price": PRICE, "currency": "CNY"}
+    status, body = await a.api("POST", f"/v1/rooms/{room}/pin", product)
+    assert status == 200, body
+    status, opened = await a.api("POST", "/v1/sales", sale_body("pin-sale", room, 5, 2))
+    assert status == 201, opened
+    _, pinned = await on_b.next_event()
+    assert isinstance(pinned, Pinned) and pinned.product.id == "cup"
+    _, event = await on_b.next_event()
+    assert isinstance(event, SaleOpened) and event.sale.id == "pin-sale"
+    # A buy on B for the sale opened through A; the stock count reaches a viewer on A.
+    on_a, joined_a = await viewer(a, "late-a", room)
+    assert joined_a.pin is not None and joined_a.pin.id == "cup"
+    assert joined_a.sale is not None and joined_a.sale.id == "pin-sale"
+    answer = expect(await on_b.call(Buy(room=room, sale="pin-sale", qty=2, rid="b1")), BuyResult)
+    assert answer.status == "ok" and answer.remaining == 3
+    await wait_for_stock(on_a, "pin-sale", 3)
+    # Late joiners on B (which never saw the pin happen) get both in their snapshot.
+    late_b, joined_b = await viewer(b, "late-b", room)
+    assert joined_b.pin is not None and joined_b.pin.title == "保温杯 500ml"
+    assert joined_b.sale is not None and joined_b.sale.id == "pin-sale"
+    assert [type(e) for e in joined_b.recent] == [Pinned, SaleOpened, Purchase]
+    status, body = await b.api("DELETE", f"/v1/rooms/{room}/pin")
+    assert status == 200 and body == {"room": room, "unpinned": True}
+    status, message = await b.api("POST", f"/v1/rooms/{room}/messages", {"text": "谢谢"})
+    assert status == 200 and isinstance(message, dict) and message["offset"] == 5
+    for peer in (on_a, on_b, late_b):
+        await peer.close()
+
+
+async def wait_for_stock(peer: Peer, sale: str, remaining: int, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            _, event = await peer.next_event(timeout)
+            if isinstance(event, Stock) and event.sale_id == sale and event.remaining == remaining:
+                return
+
+
+async def test_a_pin_and_a_sale_opened_through_one_node_reach_viewers_on_another(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(60):
+        with nodes(2, redis_url, tmp_path) as engines:
+            await _pin_and_sale_reach_other_nodes(engines, "show-pin")
+
+
+async def _flash_sale_over_every_node(engines: Sequence[Engine], room: str, url: str) -> None:
+    stock, limit, users = 20, 2, 18
+    host, _ = await viewer(engines[0], "host", room)
+    status, _ = await engines[-1].api("POST", "/v1/sales", sale_body("flash", room, stock, limit))
+    assert status == 201
+    peers = [(await viewer(engines[i % len(engines)], f"u{i}", room))[0] for i in range(users)]
+    # Every user presses 3 times (one over the limit), all at once, then retries each press.
+    for peer in peers:
+        for k in range(3):
+            await peer.send(Buy(room=room, sale="flash", rid=f"p{k}"))
+    answers: dict[tuple[int, str], BuyResult] = {}
+    for i, peer in enumerate(peers):
+        while sum(1 for key in answers if key[0] == i) < 3:
+            answer = await next_of(peer, BuyResult)
+            answers[i, str(answer.rid)] = answer
+    for i, peer in enumerate(peers):
+        for k in range(3):
+            again = expect(
+                await peer.call(Buy(room=room, sale="flash", rid=f"p{k}", retry=True)), BuyResult
+            )
+            first = answers[i, f"p{k}"]
+            assert (again.status, again.order) == (first.status, first.order), (first, again)
+    ok = [a for a in answers.values() if a.status == "ok"]
+    assert len(ok) == stock and {a.status for a in answers.values()} <= {
+        "ok",
+        "sold_out",
+        "limit_reached",
+    }
+    # Every viewer sees sold out once, from whichever node decided it.
+    _, sold_out = await host.next_event()
+    while not isinstance(sold_out, SoldOut):
+        _, sold_out = await host.next_event()
+    store = await connect_store(url, key_prefix=f"so{os.getpid()}", cluster="cluster" in url)
+    try:
+        report = await check_invariants(store, "flash")
+    finally:
+        await store.close()
+    assert report.state.remaining == 0 and report.state.sold == stock
+    assert {o.order_id for o in report.orders} == {a.order for a in ok}
+    for peer in [host, *peers]:
+        await peer.close()
+
+
+async def test_a_flash_sale_bought_through_every_node_keeps_every_invariant(
+    redis_url: str, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(90):
+        with nodes(3, redis_url, tmp_path) as engines:
+            await _flash_sale_over_every_node(engines, "show-flash", redis_url)
+
+
+# --- subscriptions ----------------------------------------------------------------------
+
+
+async def test_the_last_viewer_leaving_a_node_takes_its_subscription_away(
+    redis_url: str, tmp_path: Path
+) -> None:
+    room = "show-sub"
+    channel = f"so{os.getpid()}:{{room:{room}}}:channel"
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def subscribers() -> int:
+        return int(dict(await client.pubsub_numsub(channel))[channel.encode()])
+
+    try:
+        async with asyncio.timeout(60):
+            with nodes(2, redis_url, tmp_path) as engines:
+                a1, _ = await viewer(engines[0], "a1", room)
+                a2, _ = await viewer(engines[0], "a2", room)
+                b1, _ = await viewer(engines[1], "b1", room)
+                assert await subscribers() == 2  # one per node, not per viewer
+                await a1.leave(room)
+                await asyncio.sleep(0.2)
+                assert await subscribers() == 2
+                await a2.close()  # the node's last viewer of the room
+                await eventually(subscribers, 1)
+                await b1.leave(room)
+                await eventually(subscribers, 0)
+                # Coming back subscribes again, and the room resumes where it was.
+                back, joined = await viewer(engines[1], "b1", room)
+                assert await subscribers() == 1 and joined.resync is False
+                await back.close()
+                await a1.close()
+    finally:
+        await client.aclose()
