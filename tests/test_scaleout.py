@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import typing
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -28,8 +29,11 @@ from engine.stock import check_invariants
 from engine.stock import connect as connect_store
 from protocol import (
     Ack,
+    Batch,
     Buy,
     BuyResult,
+    Comment,
+    Error,
     Joined,
     Pinned,
     Purchase,
@@ -38,8 +42,9 @@ from protocol import (
     SoldOut,
     Stock,
 )
-from tests.conftest import Peer, expect, token
+from tests.conftest import Peer, expect, token, wait_for_condition
 from tests.processes import Engine
+from tests.redis_fixture import RedisServer
 
 PRICE = 9900
 T = TypeVar("T")
@@ -62,6 +67,8 @@ def nodes(
         "STOCK_KEY_PREFIX": prefix,
         "STOCK_REDIS_TIMEOUT": "0.5",
         "ROOMS_CONFLATE_INTERVAL_MS": "100",
+        "ROOMS_COMMENT_RATE": "1000",
+        "ROOMS_COMMENT_BURST": "1000",
         **({"BROKER_CLUSTER": "true", "STOCK_CLUSTER": "true"} if cluster else {}),
         **settings,
     }
@@ -319,3 +326,204 @@ async def test_the_last_viewer_leaving_a_node_takes_its_subscription_away(
                 await a1.close()
     finally:
         await client.aclose()
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+class Watcher:
+    """A viewer keeping its view by the SPEC §8 rules, in a task of its own.
+
+    It counts what a client could see go wrong: a comment at or below the stored offset (a
+    duplicate), a comment past the next offset (a gap), and resyncs (the unsolicited
+    ``joined``, or a resume answered with ``resync``).
+    """
+
+    def __init__(self, peer: Peer, room: str, joined: Joined) -> None:
+        self.peer, self.room = peer, room
+        self.epoch, self.offset = joined.epoch, joined.offset
+        self.comments: list[tuple[str, int, str]] = []
+        self.duplicates: list[int] = []
+        self.gaps: list[tuple[int, int]] = []
+        self.resyncs = 0
+        self._task = asyncio.ensure_future(self._run())
+
+    def take(self, joined: Joined) -> None:
+        if joined.resync or joined.epoch != self.epoch:
+            self.resyncs += 1
+            self.epoch, self.offset = joined.epoch, 0
+        for event in joined.recent:
+            self._see(event)
+        self.epoch, self.offset = joined.epoch, joined.offset
+
+    def _see(self, event: object) -> None:
+        if not isinstance(event, Comment):
+            return
+        if event.offset <= self.offset:
+            self.duplicates.append(event.offset)
+            return
+        if event.offset != self.offset + 1:
+            self.gaps.append((self.offset, event.offset))
+        self.offset = event.offset
+        self.comments.append((self.epoch, event.offset, event.text))
+
+    async def _run(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                msg = await self.peer.recv(60)
+                if isinstance(msg, Batch):
+                    for event in msg.events:
+                        self._see(event)
+                elif isinstance(msg, Joined) and msg.rid is None:
+                    self.take(msg)  # the room's history was reset under us
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def resume_on(self, engine: Engine, user: str) -> Joined:
+        """Reconnect to ``engine`` and resume from the stored offset and epoch."""
+        await self.stop()
+        self.peer = await Peer.open(engine.endpoint, token(user, [self.room]))
+        joined = await self.peer.join(self.room, offset=self.offset, epoch=self.epoch)
+        self.take(joined)
+        self._task = asyncio.ensure_future(self._run())
+        return joined
+
+
+async def watch(engine: Engine, user: str, room: str) -> Watcher:
+    peer, joined = await viewer(engine, user, room)
+    return Watcher(peer, room, joined)
+
+
+class Commenter:
+    """Sends comments with request ids; keeps which were acked (with offset) and refused."""
+
+    def __init__(self, peer: Peer, room: str, name: str) -> None:
+        self.peer, self.room, self.name = peer, room, name
+        self.acked: dict[str, int] = {}
+        self.refused: dict[str, str] = {}
+        self.sent = 0
+
+    async def send(self, n: int, interval: float = 0.0) -> None:
+        for _ in range(n):
+            rid = f"{self.name}-{self.sent}"
+            self.sent += 1
+            try:
+                answer = await self.peer.call(SendComment(room=self.room, text=rid, rid=rid), 5)
+            except TimeoutError:
+                self.refused[rid] = "no answer"
+                continue
+            if isinstance(answer, Ack) and answer.offset is not None:
+                self.acked[rid] = answer.offset
+            else:
+                self.refused[rid] = expect(answer, Error).code
+            await asyncio.sleep(interval)
+
+
+async def test_a_node_killed_mid_show_its_viewers_resume_on_another_with_no_gap(
+    redis_url: str, tmp_path: Path
+) -> None:
+    room = "show-kill"
+    async with asyncio.timeout(60):
+        with nodes(2, redis_url, tmp_path) as engines:
+            doomed, survivor = engines
+            watcher = await watch(doomed, "w", room)
+            talker = Commenter((await viewer(survivor, "t", room))[0], room, "t")
+            await talker.send(20)
+            await wait_for_condition(lambda: len(watcher.comments) == 20)
+            doomed.kill()  # SIGKILL: no goodbye to its viewers
+            await talker.send(15)  # while the watcher is away
+            joined = await watcher.resume_on(survivor, "w")
+            assert joined.resync is False and len(joined.recent) == 15
+            await talker.send(15)
+            await wait_for_condition(lambda: len(watcher.comments) == 50)
+            await watcher.stop()
+    assert [o for _, o, _ in watcher.comments] == list(range(1, 51))
+    assert watcher.duplicates == [] and watcher.gaps == [] and watcher.resyncs == 0
+    assert len(talker.acked) == 50 and not talker.refused
+
+
+async def _show_through_a_redis_restart(
+    own_redis: RedisServer, tmp_path: Path, *, keep_data: bool
+) -> tuple[list[Watcher], list[Commenter]]:
+    room = "show-redis"
+    with nodes(2, own_redis.url, tmp_path) as engines:
+        watchers = [await watch(e, f"w{i}", room) for i, e in enumerate(engines)]
+        talkers = [
+            Commenter((await viewer(e, f"t{i}", room))[0], room, f"t{i}")
+            for i, e in enumerate(engines)
+        ]
+
+        async def restart() -> None:
+            await asyncio.sleep(0.5)
+            own_redis.kill()
+            if not keep_data:
+                wipe(own_redis.directory)
+            await asyncio.sleep(0.5)
+            own_redis.start()
+
+        await asyncio.gather(restart(), *(t.send(60, interval=0.03) for t in talkers))
+        assert all(t.refused for t in talkers), "Redis was down: some comments were refused"
+        assert {code for t in talkers for code in t.refused.values()} <= {"unavailable"}
+        await asyncio.sleep(0.5)  # the nodes' pub/sub connections come back
+        for t in talkers:
+            await t.send(5)  # after the restart, comments flow again
+            assert len(t.refused) < t.sent - 5
+        newest = max(o for t in talkers for o in t.acked.values() if o)
+        await wait_for_condition(
+            lambda: all(w.comments and w.comments[-1][1] >= newest for w in watchers), 10
+        )
+        for w in watchers:
+            await w.stop()
+        return watchers, talkers
+
+
+def wipe(directory: Path) -> None:
+    """Remove a stopped Redis's AOF files, as if it came back without its data."""
+    for path in directory.glob("appendonly*"):
+        if path.is_dir():
+            for part in path.iterdir():
+                part.unlink()
+            path.rmdir()
+        else:
+            path.unlink()
+
+
+async def test_redis_killed_and_restarted_mid_show_gaps_are_filled_and_no_acked_comment_is_lost(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(90):
+        watchers, talkers = await _show_through_a_redis_restart(own_redis, tmp_path, keep_data=True)
+    history = aioredis.Redis.from_url(own_redis.url)
+    try:
+        stream = f"so{os.getpid()}:{{room:show-redis}}:history"
+        entries = typing.cast(list[tuple[bytes, dict[bytes, bytes]]], await history.xrange(stream))
+    finally:
+        await history.aclose()
+    kept = {int(i.decode().split("-")[0]): f[b"d"] for i, f in entries}
+    for t in talkers:
+        for rid, offset in t.acked.items():
+            assert rid.encode() in kept[offset], (rid, offset)  # acked = in the history
+    for w in watchers:
+        assert w.duplicates == [] and w.resyncs == 0
+        assert w.gaps == []  # every gap was filled from the history
+        offsets = [o for _, o, _ in w.comments]
+        assert offsets == list(range(1, len(offsets) + 1))
+        seen = {text for _, _, text in w.comments}
+        assert all(rid in seen for t in talkers for rid in t.acked)
+
+
+async def test_redis_restarted_without_its_data_viewers_are_told_to_resync(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    async with asyncio.timeout(90):
+        watchers, _ = await _show_through_a_redis_restart(own_redis, tmp_path, keep_data=False)
+    for w in watchers:
+        assert w.duplicates == []
+        assert w.resyncs >= 1  # the history was lost: the viewers were told
+        epochs = [e for e, _, _ in w.comments]
+        assert len(set(epochs)) == 2 and epochs == sorted(epochs, key=epochs.index)
+        after = [o for e, o, _ in w.comments if e == epochs[-1]]
+        assert after == sorted(after) and len(set(after)) == len(after)
