@@ -24,6 +24,7 @@ from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from engine.stock import check_invariants
 from engine.stock import connect as connect_store
@@ -35,12 +36,15 @@ from protocol import (
     Comment,
     Error,
     Joined,
+    Likes,
     Pinned,
     Purchase,
+    RoomEvent,
     SaleOpened,
     SendComment,
     SoldOut,
     Stock,
+    Viewers,
 )
 from tests.conftest import Peer, expect, token, wait_for_condition
 from tests.processes import Engine
@@ -105,6 +109,14 @@ async def next_of(peer: Peer, cls: type[T], timeout: float = 10.0) -> T:
                 return msg
             if msg is not None:
                 peer.others.append(msg)
+
+
+async def next_offset_event(peer: Peer) -> RoomEvent:
+    """The next room event that carries an offset (conflated ones are skipped)."""
+    while True:
+        _, event = await peer.next_event()
+        if not isinstance(event, Likes | Viewers | Stock):
+            return event
 
 
 async def eventually(read: Callable[[], Awaitable[object]], value: object) -> None:
@@ -194,33 +206,34 @@ def sale_body(sale_id: str, room: str, stock: int, limit: int) -> dict[str, obje
 
 async def _pin_and_sale_reach_other_nodes(engines: Sequence[Engine], room: str) -> None:
     a, b = engines[0], engines[1]
+    sale = f"{room}-sale"
     on_b, _ = await viewer(b, "early-b", room)
     # Node A holds no viewer of the room: its API still answers for it.
     product = {"id": "cup", "title": "保温杯 500ml", "price": PRICE, "currency": "CNY"}
     status, body = await a.api("POST", f"/v1/rooms/{room}/pin", product)
     assert status == 200, body
-    status, opened = await a.api("POST", "/v1/sales", sale_body("pin-sale", room, 5, 2))
+    status, opened = await a.api("POST", "/v1/sales", sale_body(sale, room, 5, 2))
     assert status == 201, opened
-    _, pinned = await on_b.next_event()
+    pinned = await next_offset_event(on_b)
     assert isinstance(pinned, Pinned) and pinned.product.id == "cup"
-    _, event = await on_b.next_event()
-    assert isinstance(event, SaleOpened) and event.sale.id == "pin-sale"
+    event = await next_offset_event(on_b)
+    assert isinstance(event, SaleOpened) and event.sale.id == sale
     # A buy on B for the sale opened through A; the stock count reaches a viewer on A.
     on_a, joined_a = await viewer(a, "late-a", room)
     assert joined_a.pin is not None and joined_a.pin.id == "cup"
-    assert joined_a.sale is not None and joined_a.sale.id == "pin-sale"
-    answer = expect(await on_b.call(Buy(room=room, sale="pin-sale", qty=2, rid="b1")), BuyResult)
+    assert joined_a.sale is not None and joined_a.sale.id == sale
+    answer = expect(await on_b.call(Buy(room=room, sale=sale, qty=2, rid="b1")), BuyResult)
     assert answer.status == "ok" and answer.remaining == 3
-    await wait_for_stock(on_a, "pin-sale", 3)
+    await wait_for_stock(on_a, sale, 3)
     # Late joiners on B (which never saw the pin happen) get both in their snapshot.
     late_b, joined_b = await viewer(b, "late-b", room)
     assert joined_b.pin is not None and joined_b.pin.title == "保温杯 500ml"
-    assert joined_b.sale is not None and joined_b.sale.id == "pin-sale"
-    assert [type(e) for e in joined_b.recent] == [Pinned, SaleOpened, Purchase]
+    assert joined_b.sale is not None and joined_b.sale.id == sale
+    assert [type(e) for e in joined_b.recent[-3:]] == [Pinned, SaleOpened, Purchase]
     status, body = await b.api("DELETE", f"/v1/rooms/{room}/pin")
     assert status == 200 and body == {"room": room, "unpinned": True}
     status, message = await b.api("POST", f"/v1/rooms/{room}/messages", {"text": "谢谢"})
-    assert status == 200 and isinstance(message, dict) and message["offset"] == 5
+    assert isinstance(message, dict) and message["offset"] == joined_b.offset + 2, message
     for peer in (on_a, on_b, late_b):
         await peer.close()
 
@@ -229,7 +242,7 @@ async def wait_for_stock(peer: Peer, sale: str, remaining: int, timeout: float =
     async with asyncio.timeout(timeout):
         while True:
             _, event = await peer.next_event(timeout)
-            if isinstance(event, Stock) and event.sale_id == sale and event.remaining == remaining:
+            if isinstance(event, Stock) and (event.sale_id, event.remaining) == (sale, remaining):
                 return
 
 
@@ -241,16 +254,21 @@ async def test_a_pin_and_a_sale_opened_through_one_node_reach_viewers_on_another
             await _pin_and_sale_reach_other_nodes(engines, "show-pin")
 
 
-async def _flash_sale_over_every_node(engines: Sequence[Engine], room: str, url: str) -> None:
+async def _flash_sale_over_every_node(
+    engines: Sequence[Engine], room: str, url: str, *, cluster: bool = False
+) -> None:
     stock, limit, users = 20, 2, 18
+    sale = f"{room}-flash"
     host, _ = await viewer(engines[0], "host", room)
-    status, _ = await engines[-1].api("POST", "/v1/sales", sale_body("flash", room, stock, limit))
+    status, _ = await engines[-1].api(
+        "POST", "/v1/sales", sale_body(f"{room}-flash", room, stock, limit)
+    )
     assert status == 201
     peers = [(await viewer(engines[i % len(engines)], f"u{i}", room))[0] for i in range(users)]
     # Every user presses 3 times (one over the limit), all at once, then retries each press.
     for peer in peers:
         for k in range(3):
-            await peer.send(Buy(room=room, sale="flash", rid=f"p{k}"))
+            await peer.send(Buy(room=room, sale=sale, rid=f"p{k}"))
     answers: dict[tuple[int, str], BuyResult] = {}
     for i, peer in enumerate(peers):
         while sum(1 for key in answers if key[0] == i) < 3:
@@ -259,7 +277,8 @@ async def _flash_sale_over_every_node(engines: Sequence[Engine], room: str, url:
     for i, peer in enumerate(peers):
         for k in range(3):
             again = expect(
-                await peer.call(Buy(room=room, sale="flash", rid=f"p{k}", retry=True)), BuyResult
+                await peer.call(Buy(room=room, sale=sale, rid=f"p{k}", retry=True)),
+                BuyResult,
             )
             first = answers[i, f"p{k}"]
             assert (again.status, again.order) == (first.status, first.order), (first, again)
@@ -273,9 +292,9 @@ async def _flash_sale_over_every_node(engines: Sequence[Engine], room: str, url:
     _, sold_out = await host.next_event()
     while not isinstance(sold_out, SoldOut):
         _, sold_out = await host.next_event()
-    store = await connect_store(url, key_prefix=f"so{os.getpid()}", cluster="cluster" in url)
+    store = await connect_store(url, key_prefix=f"so{os.getpid()}", cluster=cluster)
     try:
-        report = await check_invariants(store, "flash")
+        report = await check_invariants(store, sale)
     finally:
         await store.close()
     assert report.state.remaining == 0 and report.state.sold == stock
@@ -527,3 +546,41 @@ async def test_redis_restarted_without_its_data_viewers_are_told_to_resync(
         assert len(set(epochs)) == 2 and epochs == sorted(epochs, key=epochs.index)
         after = [o for e, o, _ in w.comments if e == epochs[-1]]
         assert after == sorted(after) and len(set(after)) == len(after)
+
+
+# --- Redis Cluster ----------------------------------------------------------------------
+
+
+async def test_on_a_redis_cluster_rooms_on_every_shard_share_comments_pins_and_sales(
+    redis_cluster_url: str, tmp_path: Path
+) -> None:
+    rooms = rooms_on_every_shard(3)
+    async with asyncio.timeout(120):
+        with nodes(3, redis_cluster_url, tmp_path, cluster=True) as engines:
+            await asyncio.gather(*(_comments_in_one_order(engines, room) for room in rooms))
+            for room in rooms:
+                await _pin_and_sale_reach_other_nodes(engines, room)
+            await _flash_sale_over_every_node(engines, rooms[0], redis_cluster_url, cluster=True)
+            # Sharded subscriptions: one per node with viewers, on the room's own shard.
+            client = RedisCluster.from_url(redis_cluster_url)
+            try:
+                await client.initialize()
+                channel = f"so{os.getpid()}:{{room:{rooms[1]}}}:channel"
+                node = client.get_node_from_key(channel)
+                assert node is not None
+                shard = aioredis.Redis(host=node.host, port=int(node.port))
+
+                async def subscribers() -> int:
+                    reply = await shard.execute_command(  # type: ignore[no-untyped-call]
+                        "PUBSUB", "SHARDNUMSUB", channel
+                    )
+                    return int(reply[1])
+
+                peers = [(await viewer(e, f"s{i}", rooms[1]))[0] for i, e in enumerate(engines)]
+                await eventually(subscribers, 3)
+                for peer in peers:
+                    await peer.close()
+                await eventually(subscribers, 0)
+                await shard.aclose()
+            finally:
+                await client.aclose()
