@@ -3,7 +3,9 @@
 For tests, benchmarks, load tests and scripts. It speaks protocol v1 in either codec,
 matches answers to commands by request id, queues room events in arrival order, and
 remembers each room's latest offset and epoch so that :meth:`LiveroomClient.join` can
-resume after a reconnect.
+resume after a reconnect. An unsolicited ``joined`` (the room's history was reset under
+the client, SPEC §8) replaces the room's epoch and offset, queues its ``recent`` events
+and counts in :attr:`LiveroomClient.resyncs`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class LiveroomClient:
         self.events: asyncio.Queue[tuple[str, RoomEvent]] = asyncio.Queue()
         self.offsets: dict[str, tuple[str, int]] = {}  # room -> (epoch, last offset seen)
         self.unsolicited: list[ServerMessage] = []  # errors without rid, unknown answers
+        self.resyncs = 0  # unsolicited joined: a room's history was reset under us
         self._rids = itertools.count(1)
         self._waiting: dict[str | int, asyncio.Future[ServerMessage]] = {}
         self._reader = asyncio.create_task(self._read())
@@ -217,6 +220,12 @@ class LiveroomClient:
                     self.events.put_nowait((message.room, event))
                 continue
             rid = getattr(message, "rid", None)
+            if isinstance(message, Joined) and rid is None:  # a resync told by the server
+                self.resyncs += 1
+                self.offsets[message.room] = (message.epoch, message.offset)
+                for event in message.recent:
+                    self.events.put_nowait((message.room, event))
+                continue
             fut = self._waiting.get(rid) if rid is not None else None
             if fut is not None and not fut.done():
                 fut.set_result(message)

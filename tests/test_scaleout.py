@@ -26,6 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from engine.client import LiveroomClient
 from engine.stock import check_invariants
 from engine.stock import connect as connect_store
 from protocol import (
@@ -466,10 +467,12 @@ async def test_a_node_killed_mid_show_its_viewers_resume_on_another_with_no_gap(
 
 async def _show_through_a_redis_restart(
     own_redis: RedisServer, tmp_path: Path, *, keep_data: bool
-) -> tuple[list[Watcher], list[Commenter]]:
+) -> tuple[list[Watcher], list[Commenter], LiveroomClient]:
     room = "show-redis"
     with nodes(2, own_redis.url, tmp_path) as engines:
         watchers = [await watch(e, f"w{i}", room) for i, e in enumerate(engines)]
+        client = await LiveroomClient.connect(engines[0].endpoint.url, token("lc", [room]))
+        await client.join(room)
         talkers = [
             Commenter((await viewer(e, f"t{i}", room))[0], room, f"t{i}")
             for i, e in enumerate(engines)
@@ -496,7 +499,8 @@ async def _show_through_a_redis_restart(
         )
         for w in watchers:
             await w.stop()
-        return watchers, talkers
+        await client.close()
+        return watchers, talkers, client
 
 
 def wipe(directory: Path) -> None:
@@ -514,7 +518,10 @@ async def test_redis_killed_and_restarted_mid_show_gaps_are_filled_and_no_acked_
     own_redis: RedisServer, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(90):
-        watchers, talkers = await _show_through_a_redis_restart(own_redis, tmp_path, keep_data=True)
+        watchers, talkers, client = await _show_through_a_redis_restart(
+            own_redis, tmp_path, keep_data=True
+        )
+    assert client.resyncs == 0  # the history survived: nothing to resync
     history = aioredis.Redis.from_url(own_redis.url)
     try:
         stream = f"so{os.getpid()}:{{room:show-redis}}:history"
@@ -538,7 +545,12 @@ async def test_redis_restarted_without_its_data_viewers_are_told_to_resync(
     own_redis: RedisServer, tmp_path: Path
 ) -> None:
     async with asyncio.timeout(90):
-        watchers, _ = await _show_through_a_redis_restart(own_redis, tmp_path, keep_data=False)
+        watchers, _, client = await _show_through_a_redis_restart(
+            own_redis, tmp_path, keep_data=False
+        )
+    # The library client follows the reset too: the new epoch, the offset after it.
+    assert client.resyncs >= 1
+    assert client.offsets["show-redis"][0] == watchers[0].epoch
     for w in watchers:
         assert w.duplicates == []
         assert w.resyncs >= 1  # the history was lost: the viewers were told
@@ -584,3 +596,29 @@ async def test_on_a_redis_cluster_rooms_on_every_shard_share_comments_pins_and_s
                 await shard.aclose()
             finally:
                 await client.aclose()
+
+
+async def test_viewer_counts_add_up_over_nodes_and_a_dead_nodes_viewers_stop_counting(
+    redis_url: str, tmp_path: Path
+) -> None:
+    room = "show-count"
+
+    async def count_seen(peer: Peer, expected: int) -> None:
+        async with asyncio.timeout(10):
+            while True:
+                _, event = await peer.next_event(10)
+                if isinstance(event, Viewers) and event.count == expected:
+                    return
+
+    async with asyncio.timeout(60):
+        with nodes(2, redis_url, tmp_path, BROKER_VIEWERS_TTL="1") as engines:
+            on_a = [(await viewer(engines[0], f"a{i}", room))[0] for i in range(3)]
+            on_b = [(await viewer(engines[1], f"b{i}", room))[0] for i in range(2)]
+            await count_seen(on_a[0], 5)  # 3 here + 2 on the other node
+            await count_seen(on_b[0], 5)
+            _, joined = await viewer(engines[1], "late", room)
+            assert joined.viewers >= 5  # the room's total, not this node's 3
+            engines[1].kill()  # its viewers stop counting within the TTL
+            await count_seen(on_a[0], 3)
+            for peer in on_a:
+                await peer.close()
