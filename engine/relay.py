@@ -238,6 +238,11 @@ class Relay:
 
     # --- following rooms ----------------------------------------------------------------
 
+    @property
+    def followed(self) -> int:
+        """Rooms this node is subscribed to."""
+        return len(self._links)
+
     def linked(self, room: Room) -> bool:
         link = self._links.get(room.name)
         return link is not None and link.ready and link.room is room

@@ -588,6 +588,38 @@ class _StatsCollector:
             count_value=desk.store_calls,
             sum_value=desk.store_seconds_total,
         )
+        relay = self.desk.relay
+        if relay is not None:  # shared rooms (broker.backend redis)
+            yield GaugeMetricFamily(
+                "liveroom_broker_up",
+                "1 while the room broker (Redis) answers, 0 from a failed call until the next.",
+                value=int(relay.healthy),
+            )
+            yield CounterMetricFamily(
+                "liveroom_broker_published",
+                "Events the broker acknowledged with an offset.",
+                value=relay.published,
+            )
+            yield CounterMetricFamily(
+                "liveroom_broker_publish_failures",
+                "Events not acknowledged (their senders were told to retry).",
+                value=relay.publish_failures,
+            )
+            yield CounterMetricFamily(
+                "liveroom_broker_publish_calls",
+                "Publish script runs (each carries one room's events gathered meanwhile).",
+                value=relay.publish_calls,
+            )
+            yield CounterMetricFamily(
+                "liveroom_broker_resyncs",
+                "Rooms restarted because their shared history was lost (viewers resynced).",
+                value=relay.resyncs,
+            )
+            yield GaugeMetricFamily(
+                "liveroom_broker_rooms_followed",
+                "Shared rooms this node is subscribed to (rooms with viewers here).",
+                value=relay.followed,
+            )
 
 
 # --- the API --------------------------------------------------------------------------

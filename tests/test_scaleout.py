@@ -48,7 +48,7 @@ from protocol import (
     Viewers,
 )
 from tests.conftest import Peer, expect, token, wait_for_condition
-from tests.processes import Engine
+from tests.processes import API_KEY, Engine
 from tests.redis_fixture import RedisServer
 
 PRICE = 9900
@@ -110,6 +110,23 @@ async def next_of(peer: Peer, cls: type[T], timeout: float = 10.0) -> T:
                 return msg
             if msg is not None:
                 peer.others.append(msg)
+
+
+async def metrics(engine: Engine) -> dict[str, float]:
+    """The node's unlabelled metrics (Prometheus text), by name."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", engine.api_port)
+    writer.write(
+        f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: Bearer {API_KEY}\r\n\r\n".encode()
+    )
+    raw = await reader.read()
+    writer.close()
+    out = {}
+    for line in raw.decode().split("\r\n\r\n", 1)[1].splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.split()
+            out[name] = float(value)
+    return out
 
 
 async def next_offset_event(peer: Peer) -> RoomEvent:
@@ -179,6 +196,10 @@ async def _comments_in_one_order(engines: Sequence[Engine], room: str) -> None:
     await peers[0].assert_no_comment()
     for peer in peers:
         await peer.close()
+    for engine in engines:  # each node counts what it published and follows the room
+        figures = await metrics(engine)
+        assert figures["liveroom_broker_published_total"] >= per_peer
+        assert figures["liveroom_broker_up"] == 1
 
 
 @pytest.mark.parametrize("count", [2, 3])
