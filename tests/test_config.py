@@ -324,3 +324,12 @@ def test_several_workers_need_the_redis_broker_and_store() -> None:
     assert load_config(env=env).server.workers == 2
     with pytest.raises(ConfigError, match=r"^broker\.backend: must be one of memory, redis"):
         load_config(env={"LIVEROOM_BROKER_BACKEND": "kafka"})
+
+
+def test_the_example_configs_load() -> None:
+    configs = DEFAULT_TOML.parent
+    redis = load_config(configs / "redis.toml", env={})
+    assert redis.stock.backend == "redis" and redis.broker.backend == "memory"
+    cluster = load_config(configs / "cluster.toml", env={})
+    assert cluster.server.workers == 2
+    assert (cluster.broker.backend, cluster.stock.backend) == ("redis", "redis")
