@@ -361,7 +361,10 @@ class Relay:
         for name, room in rooms.items():
             report[name] = (room.viewers, room.pending_likes)
         for name in self._reported - rooms.keys():
-            report[name] = (0, 0)  # withdraw this node's count at once
+            left = self.hub.get(name)  # its last viewer here left: withdraw the count at once
+            if left is not None:
+                rooms[name] = left  # with the likes its viewers gave before leaving
+            report[name] = (0, left.pending_likes if left is not None else 0)
         if not report:
             return
         taken = {name: room.pending_likes for name, room in rooms.items()}
@@ -375,7 +378,7 @@ class Relay:
                 room.pending_likes += taken[name]  # reported with the next tick
             return
         self._ok()
-        self._reported = set(rooms)
+        self._reported = {name for name, count in report.items() if count[0] > 0}
         for name, room in rooms.items():
             total = totals.get(name)
             if total is not None:

@@ -504,7 +504,11 @@ async def _show_through_a_redis_restart(
             own_redis.kill()
             if not keep_data:
                 wipe(own_redis.directory)
-            await asyncio.sleep(0.5)
+            # Backends are told to retry too, with a clear error and no side effect.
+            status, body = await engines[1].api("POST", f"/v1/rooms/{room}/messages", {"text": "x"})
+            assert status == 503 and isinstance(body, dict), body
+            assert body["error"]["code"] == "broker_unavailable"
+            await asyncio.sleep(0.3)
             own_redis.start()
 
         await asyncio.gather(restart(), *(t.send(60, interval=0.03) for t in talkers))
@@ -631,14 +635,27 @@ async def test_viewer_counts_add_up_over_nodes_and_a_dead_nodes_viewers_stop_cou
                 if isinstance(event, Viewers) and event.count == expected:
                     return
 
+    async def likes_seen(peer: Peer, expected: int) -> None:
+        async with asyncio.timeout(10):
+            while True:
+                _, event = await peer.next_event(10)
+                if isinstance(event, Likes) and event.total == expected:
+                    return
+
     async with asyncio.timeout(60):
         with nodes(2, redis_url, tmp_path, BROKER_VIEWERS_TTL="1") as engines:
             on_a = [(await viewer(engines[0], f"a{i}", room))[0] for i in range(3)]
-            on_b = [(await viewer(engines[1], f"b{i}", room))[0] for i in range(2)]
-            await count_seen(on_a[0], 5)  # 3 here + 2 on the other node
-            await count_seen(on_b[0], 5)
+            on_b = [(await viewer(engines[1], f"b{i}", room))[0] for i in range(3)]
+            await count_seen(on_a[0], 6)  # 3 here + 3 on the other node
+            await count_seen(on_b[0], 6)
+            # Likes add up over nodes too, including those of a viewer who then leaves.
+            expect(await on_a[1].like(room, 3), Ack)
+            expect(await on_b[1].like(room, 4), Ack)
+            await on_b[1].close()
+            await likes_seen(on_a[0], 7)
+            await likes_seen(on_b[0], 7)
             _, joined = await viewer(engines[1], "late", room)
-            assert joined.viewers >= 5  # the room's total, not this node's 3
+            assert joined.viewers >= 5 and joined.likes == 7  # the room's, not this node's
             engines[1].kill()  # its viewers stop counting within the TTL
             await count_seen(on_a[0], 3)
             for peer in on_a:
