@@ -393,9 +393,17 @@ class Relay:
         return task
 
     async def close(self) -> None:
-        """Stop following every room (publishes in flight finish or fail)."""
+        """Stop following every room (publishes in flight finish or fail); withdraw this
+        node's viewer counts at once, with the likes not reported yet (best effort)."""
         for link in list(self._links.values()):
             self._close_link(link)
+        withdraw = {
+            name: (0, room.pending_likes if (room := self.hub.get(name)) is not None else 0)
+            for name in self._reported
+        }
+        if withdraw:
+            with contextlib.suppress(BrokerError):
+                await self.broker.report(self.node, withdraw, self._ttl)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=2.0)
         for task in list(self._tasks):

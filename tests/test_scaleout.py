@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -660,3 +661,27 @@ async def test_viewer_counts_add_up_over_nodes_and_a_dead_nodes_viewers_stop_cou
             await count_seen(on_a[0], 3)
             for peer in on_a:
                 await peer.close()
+
+
+async def test_a_node_stopped_gracefully_withdraws_its_viewers_at_once(
+    redis_url: str, tmp_path: Path
+) -> None:
+    room = "show-drain"
+    async with asyncio.timeout(60):
+        with nodes(2, redis_url, tmp_path, BROKER_VIEWERS_TTL="60") as engines:
+            watcher, _ = await viewer(engines[0], "w", room)
+            leaving = [(await viewer(engines[1], f"b{i}", room))[0] for i in range(2)]
+            await next_viewers(watcher, 3)
+            engines[1].stop(signal.SIGTERM)  # well before its counts' 60 s expiry
+            await next_viewers(watcher, 1, timeout=5)
+            for peer in leaving:
+                assert await peer.close_code() == 1001
+
+
+async def next_viewers(peer: Peer, expected: int, timeout: float = 10.0) -> None:
+    """Wait for the room's conflated viewer count to be ``expected``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            _, event = await peer.next_event(timeout)
+            if isinstance(event, Viewers) and event.count == expected:
+                return

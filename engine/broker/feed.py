@@ -48,7 +48,8 @@ class RoomFeed:
             when publications were skipped (history lost, or the epoch changed); delivery
             continues after that position.
         history_limit: most publications read from the history in one fill.
-        retry_delay: seconds between fill attempts while the broker is unreachable.
+        retry_delay: seconds before the first new fill attempt while the broker is
+            unreachable (doubling up to 2 s; the first failure is logged).
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class RoomFeed:
                 break
 
     async def _fill(self, *, check: bool = False) -> None:
+        failures = 0  # reads failed in a row: the wait doubles, up to 2 s
         while self._held or check:
             self._drain()
             if not self._held and not check:
@@ -151,10 +153,13 @@ class RoomFeed:
                     self.room, after=self.offset, epoch=self.epoch, limit=self._limit
                 )
             except BrokerError as exc:
-                log.warning("filling a gap in room %r failed (%s); retrying", self.room, exc)
-                await asyncio.sleep(self._retry)
+                if failures == 0:
+                    log.warning("filling a gap in room %r failed (%s); retrying", self.room, exc)
+                failures += 1
+                await asyncio.sleep(min(self._retry * 2 ** min(failures - 1, 4), 2.0))
                 check = True  # the read did not happen: do it again
                 continue
+            failures = 0
             if not history.complete:
                 self._resync_to(history.position, history.publications)
             else:
