@@ -148,6 +148,7 @@ class Relay:
         self._links: dict[str, _Link] = {}
         self._reported: set[str] = set()  # rooms whose count this node reported last tick
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: dict[str, asyncio.Task[None]] = {}  # room -> its old feed closing
         self._history = hub.history_size
         hub.on_vacated = self.unlink
         broker.on_reconnect(self._reconnected)
@@ -275,6 +276,9 @@ class Relay:
     async def _start(self, link: _Link) -> None:
         room = link.room
         error: BaseException | None = None
+        closing = self._closing.get(room.name)
+        if closing is not None:  # the room's previous feed first unsubscribes
+            await asyncio.wait([closing])
         try:
             snapshot = await link.feed.start(self._history, lambda s: self._load(room, s))
             if self._adopt is not None:
@@ -289,8 +293,7 @@ class Relay:
         if self._links.get(room.name) is not link:
             return  # unlinked meanwhile (every waiter left)
         if error is not None:
-            del self._links[room.name]
-            self._spawn(link.feed.close())
+            self._close_link(link)
         else:
             link.ready = True
         waiters, link.waiters = link.waiters, []
@@ -322,8 +325,9 @@ class Relay:
         self._close_link(link)
 
     def _close_link(self, link: _Link) -> None:
-        del self._links[link.room.name]
-        self._spawn(link.feed.close())
+        name = link.room.name
+        del self._links[name]
+        self._closing[name] = self._spawn(link.feed.close())
 
     def _deliver(self, room: Room, publication: Publication) -> None:
         try:
@@ -389,8 +393,16 @@ class Relay:
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        for name, closing in list(self._closing.items()):
+            if closing is task:
+                del self._closing[name]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("relay task failed", exc_info=task.exception())
 
     async def close(self) -> None:
         """Stop following every room (publishes in flight finish or fail); withdraw this

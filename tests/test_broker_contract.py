@@ -261,6 +261,29 @@ async def test_keys_of_a_room_share_one_hash_tag_and_subscriptions_go_away(
         await watcher.aclose()
 
 
+async def test_many_first_subscriptions_at_once_share_one_connection(redis_url: str) -> None:
+    broker = await connect(redis_url, history_size=HISTORY)
+    watcher = aioredis.Redis.from_url(redis_url)
+    try:
+        inbox = Inbox()
+        rooms = [f"r{i}" for i in range(20)]
+        await asyncio.gather(*(broker.subscribe(room, inbox) for room in rooms))
+        clients = await watcher.client_list(_type="pubsub")
+        assert len(clients) == 1, clients  # none left subscribed and unread
+        await broker.publish("r7", [b"x"])
+        await inbox.wait(1)
+        await asyncio.gather(*(broker.unsubscribe(room) for room in rooms))
+        channels = [broker.keys(room)[2] for room in rooms]
+        for _ in range(500):
+            if all(n == 0 for _, n in await watcher.pubsub_numsub(*channels)):
+                break
+            await asyncio.sleep(0.01)
+        assert all(n == 0 for _, n in await watcher.pubsub_numsub(*channels))
+    finally:
+        await broker.close()
+        await watcher.aclose()
+
+
 async def test_an_unreachable_redis_raises_broker_unavailable_in_bounded_time(
     own_redis: RedisServer,
 ) -> None:

@@ -275,24 +275,29 @@ class RedisBroker(Broker):
         feed = self._feed_for(channel)
         self._handlers[channel] = (room, handler)
         pubsub = feed.pubsub
-        await self._run(
-            functools.partial(pubsub.ssubscribe if self._cluster else pubsub.subscribe, channel)
-        )
-        feed.channels.add(channel)
+        # One (un)subscribe at a time per connection: redis-py's PubSub takes a connection
+        # on its first command, and two first commands at once would take two (the first
+        # one left subscribed, never read).
+        async with feed.lock:
+            await self._run(
+                functools.partial(pubsub.ssubscribe if self._cluster else pubsub.subscribe, channel)
+            )
+            feed.channels.add(channel)
         return await self.position(room)
 
     async def unsubscribe(self, room: str) -> None:
         _, _, channel = self.keys(room)
         self._handlers.pop(channel, None)
         for feed in self._feeds.values():
-            if channel in feed.channels:
-                feed.channels.discard(channel)
-                await self._run(
-                    functools.partial(
-                        feed.pubsub.sunsubscribe if self._cluster else feed.pubsub.unsubscribe,
-                        channel,
+            async with feed.lock:
+                if channel in feed.channels and channel not in self._handlers:
+                    feed.channels.discard(channel)
+                    await self._run(
+                        functools.partial(
+                            feed.pubsub.sunsubscribe if self._cluster else feed.pubsub.unsubscribe,
+                            channel,
+                        )
                     )
-                )
 
     def _feed_for(self, channel: str) -> _Feed:
         """The pub/sub connection (and its reader task) of the shard that holds ``channel``."""
@@ -330,6 +335,9 @@ class RedisBroker(Broker):
         wait = 0.1
         while not self._closed:
             started = loop.time()
+            if pubsub.connection is None:  # the first subscribe has not taken a connection yet
+                await asyncio.sleep(0.05)
+                continue
             try:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             except asyncio.CancelledError:
@@ -391,6 +399,7 @@ class _Feed:
     task: asyncio.Task[None]
     shard: aioredis.Redis | None  # the shard's own client (cluster), closed with the feed
     channels: set[str] = dataclasses.field(default_factory=set)
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
 async def connect(
