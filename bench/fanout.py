@@ -43,7 +43,7 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,7 +244,8 @@ def _liveroom_argv(optimize: bool) -> list[str]:
 _KNOBS = ("LIVEROOM_ROOMS_FANOUT_SLICE", "LIVEROOM_ROOMS_MIN_FLUSH_INTERVAL_MS")
 
 
-def _liveroom_env(n: int) -> dict[str, str]:
+def _liveroom_env(n: int, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a bench server for ``n`` viewers; ``extra`` settings go last."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")}
     env.update(
         {
@@ -267,6 +268,7 @@ def _liveroom_env(n: int) -> dict[str, str]:
     for section in ("service",):
         if hasattr(getattr(defaults, section, None), "port"):
             env[env_var_name(f"{section}.port")] = "0"
+    env.update(extra or {})
     return env
 
 
