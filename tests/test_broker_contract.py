@@ -40,8 +40,10 @@ async def nodes(
 ) -> AsyncIterator[tuple[Broker, Broker]]:
     if request.param == "memory":
         broker = MemoryBroker(history_size=HISTORY, clock=clock)
-        yield broker, broker
+        other = broker.peer()  # another node on the same rooms
+        yield broker, other
         await broker.close()
+        await other.close()
         return
     cluster = request.param == "cluster"  # a 3-primary Redis Cluster on loopback
     url = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")

@@ -1,9 +1,11 @@
-"""In-process broker: the embedded default for one node, with the Redis broker's semantics.
+"""In-process broker with the Redis broker's semantics (tests, and nodes in one process).
 
 Every call completes without awaiting anything but itself, so on one event loop each
 publish is atomic. Handlers are called on a later loop turn (``call_soon``, in offset
 order), as a network broker would call them, never inside ``publish``. The epoch of a
 room is made when the room is first used and never changes while the process lives.
+:meth:`MemoryBroker.peer` gives another node's view of the same rooms: its own
+subscriptions (one per room, as with Redis), the same offsets, history, state and totals.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class _Room:
     epoch: str
     history: deque[Publication]
     offset: int = 0
-    handler: Handler | None = field(default=None)
+    handlers: dict[MemoryBroker, Handler] = field(default_factory=dict)  # per node
     state: dict[str, bytes] = field(default_factory=dict)
     likes: int = 0
 
@@ -58,6 +60,12 @@ class MemoryBroker(Broker):
         self._clock = clock
         self._closed = False
         self._reconnected: list[Callable[[], None]] = []  # never called: nothing to lose
+
+    def peer(self) -> MemoryBroker:
+        """Another node's broker on the same rooms (its own subscriptions)."""
+        other = MemoryBroker(self._size, clock=self._clock)
+        other._rooms, other._viewers = self._rooms, self._viewers
+        return other
 
     def _room(self, name: str) -> _Room:
         if self._closed:
@@ -92,26 +100,27 @@ class MemoryBroker(Broker):
             publication = Publication(room, r.epoch, r.offset, bytes(payload))
             r.history.append(publication)
             out.append(publication)
-        handler = r.handler
-        if handler is not None and out:
+        if r.handlers and out:
             loop = asyncio.get_running_loop()
-            for publication in out:
-                loop.call_soon(handler, publication)
+            for handler in list(r.handlers.values()):
+                for publication in out:
+                    loop.call_soon(handler, publication)
         return out
 
     async def subscribe(self, room: str, handler: Handler) -> Position:
         r = self._room(room)
-        r.handler = handler
+        r.handlers[self] = handler
         return Position(r.epoch, r.offset)
 
     async def unsubscribe(self, room: str) -> None:
         r = self._rooms.get(room)
         if r is not None:
-            r.handler = None
+            r.handlers.pop(self, None)
 
     def subscribed(self, room: str) -> bool:
+        """Whether this node is subscribed to ``room``."""
         r = self._rooms.get(room)
-        return r is not None and r.handler is not None
+        return r is not None and self in r.handlers
 
     async def history(self, room: str, *, after: int, epoch: str | None, limit: int) -> History:
         r = self._room(room)
@@ -166,4 +175,4 @@ class MemoryBroker(Broker):
     async def close(self) -> None:
         self._closed = True
         for r in self._rooms.values():
-            r.handler = None
+            r.handlers.pop(self, None)
