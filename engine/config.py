@@ -175,6 +175,7 @@ class BrokerConfig:
     key_prefix: str = "lr"
     viewers_ttl: float = 5.0  # seconds a node's reported viewer counts live without a refresh
     reconnect_max: float = 5.0  # seconds, longest wait between reconnect attempts
+    room_ttl: float = 86400.0  # seconds a room's Redis keys live after its last event
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,6 +534,7 @@ def validate_config(config: Config) -> None:
         raise ConfigError("broker.key_prefix: must not be empty")
     _check_float("broker.viewers_ttl", b.viewers_ttl)
     _check_float("broker.reconnect_max", b.reconnect_max)
+    _check_float("broker.room_ttl", b.room_ttl)
 
     _check_int("server.workers", s.workers, 1, 256)
     if s.workers > 1 and b.backend != "redis":

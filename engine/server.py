@@ -80,6 +80,7 @@ async def _open_broker(config: Config) -> Broker | None:
         timeout=broker.redis_timeout,
         cluster=broker.cluster,
         reconnect_max=broker.reconnect_max,
+        room_ttl=broker.room_ttl,
     )
 
 

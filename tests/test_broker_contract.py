@@ -286,6 +286,22 @@ async def test_many_first_subscriptions_at_once_share_one_connection(redis_url: 
         await watcher.aclose()
 
 
+async def test_a_rooms_keys_expire_after_its_last_event(redis_url: str) -> None:
+    broker = await connect(redis_url, history_size=HISTORY, room_ttl=60)
+    watcher = aioredis.Redis.from_url(redis_url)
+    try:
+        meta, stream, _ = broker.keys("quiet-room")
+        await broker.snapshot("never-used", 10)  # a room only looked at: forgotten too
+        assert 0 < await watcher.pttl(broker.keys("never-used")[0]) <= 60_000
+        await broker.publish("quiet-room", [b"x"], state={"pin": b"p"})
+        await broker.report("n1", {"quiet-room": (1, 3)}, ttl=5)
+        for key in (meta, stream, broker.state_key("quiet-room")):
+            assert 0 < await watcher.pttl(key) <= 60_000, key
+    finally:
+        await broker.close()
+        await watcher.aclose()
+
+
 async def test_an_unreachable_redis_raises_broker_unavailable_in_bounded_time(
     own_redis: RedisServer,
 ) -> None:

@@ -17,7 +17,9 @@ Guarantees (beyond those of :mod:`engine.broker.base`):
       <prefix>:{room:NAME}:state     hash    the room's state (publish.lua), likes total
 
   A room whose meta hash is lost starts a new epoch and drops any stream left over, so
-  offsets of different epochs never mix.
+  offsets of different epochs never mix. Every publish renews the room's keys for
+  ``room_ttl`` (default a day); a room silent for longer is forgotten (its next event
+  starts a new epoch), so Redis does not keep every room ever opened.
 * On a Redis Cluster (:func:`connect` with ``cluster=True``) the script publishes with
   SPUBLISH and nodes subscribe with SSUBSCRIBE: a room's messages stay on its shard.
 * One pub/sub connection per broker (per shard on a cluster); a reader task (started by
@@ -94,6 +96,8 @@ class RedisBroker(Broker):
         clock: unix seconds now, for viewer-count expiry.
         reconnect_max: longest wait between a lost pub/sub connection's reconnect attempts
             (the wait doubles from 0.1 s).
+        room_ttl: seconds a room's keys live after its last publish (a room silent that
+            long is forgotten: its next event starts a new epoch).
     """
 
     def __init__(
@@ -105,8 +109,10 @@ class RedisBroker(Broker):
         timeout: float = 1.0,
         clock: Callable[[], float] = time.time,
         reconnect_max: float = 5.0,
+        room_ttl: float = 86400.0,
     ) -> None:
         self._client = client
+        self._ttl_ms = max(1, int(room_ttl * 1000))
         self._reconnect_max = reconnect_max
         self._clock = clock
         self._size = history_size
@@ -184,7 +190,15 @@ class RedisBroker(Broker):
         command = "SPUBLISH" if self._cluster else "PUBLISH"
         sets = [(k, v) for k, v in (state or {}).items() if v is not None]
         deletes = [k for k, v in (state or {}).items() if v is None]
-        args: list[Any] = [channel, self._size, _new_epoch(), command, once or "", len(sets)]
+        args: list[Any] = [
+            channel,
+            self._size,
+            _new_epoch(),
+            command,
+            self._ttl_ms,
+            once or "",
+            len(sets),
+        ]
         for key, value in sets:
             args += [key, value]
         args += [len(deletes), *deletes, len(data), *data]
@@ -199,13 +213,15 @@ class RedisBroker(Broker):
 
     async def position(self, room: str) -> Position:
         meta, history, _ = self.keys(room)
-        reply = await self._run(lambda: self._eval("position", [meta, history], [_new_epoch()]))
+        args = [_new_epoch(), self._ttl_ms]
+        reply = await self._run(lambda: self._eval("position", [meta, history], args))
         return Position(_text(reply[0]), int(reply[1]))
 
     async def snapshot(self, room: str, limit: int) -> Snapshot:
         meta, history, _ = self.keys(room)
         keys = [meta, history, self.state_key(room)]
-        reply = await self._run(lambda: self._eval("snapshot", keys, [_new_epoch(), limit]))
+        args = [_new_epoch(), limit, self._ttl_ms]
+        reply = await self._run(lambda: self._eval("snapshot", keys, args))
         raw_epoch, raw_top, newest, flat = reply
         position = Position(_text(raw_epoch), int(raw_top))
         pubs = tuple(self._entry(room, position.epoch, e) for e in reversed(newest))
@@ -230,7 +246,7 @@ class RedisBroker(Broker):
                 self._eval(
                     "viewers",
                     [self.viewers_key(r), self.state_key(r)],
-                    [node, rooms[r][0], now_ms, ttl_ms, rooms[r][1]],
+                    [node, rooms[r][0], now_ms, ttl_ms, rooms[r][1], self._ttl_ms],
                 )
                 for r in names
             )
@@ -411,6 +427,7 @@ async def connect(
     cluster: bool = False,
     clock: Callable[[], float] = time.time,
     reconnect_max: float = 5.0,
+    room_ttl: float = 86400.0,
 ) -> RedisBroker:
     """A :class:`RedisBroker` on its own time-bounded client, its scripts loaded.
 
@@ -438,6 +455,7 @@ async def connect(
         timeout=timeout,
         clock=clock,
         reconnect_max=reconnect_max,
+        room_ttl=room_ttl,
     )
     try:
         await broker.load()

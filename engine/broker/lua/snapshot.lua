@@ -8,12 +8,14 @@ local state_key = KEYS[3]       -- <prefix>:{room:NAME}:state (hash)
 
 local new_epoch = ARGV[1]
 local limit = tonumber(ARGV[2])
+local ttl_ms = ARGV[3]          -- expiry of a room started here (publish.lua renews it)
 
 local epoch = redis.call('HGET', meta_key, 'e')
 if not epoch then
     epoch = new_epoch
     redis.call('DEL', stream_key)
     redis.call('HSET', meta_key, 'e', epoch, 's', 0)
+    redis.call('PEXPIRE', meta_key, ttl_ms)  -- a room nobody publishes in is forgotten
 end
 local top = tonumber(redis.call('HGET', meta_key, 's'))
 local newest = redis.call('XREVRANGE', stream_key, '+', '-', 'COUNT', limit)

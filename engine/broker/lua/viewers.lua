@@ -10,6 +10,7 @@ local count = tonumber(ARGV[2]) -- its viewers in the room now (0: remove it)
 local now_ms = tonumber(ARGV[3])
 local ttl_ms = tonumber(ARGV[4])
 local likes = tonumber(ARGV[5]) -- likes taken by the node since its last report
+local room_ttl_ms = ARGV[6]     -- a room's keys expire this long after their last change
 
 if count > 0 then
     redis.call('HSET', viewers_key, node, count .. '|' .. (now_ms + ttl_ms))
@@ -32,6 +33,7 @@ end
 local liked
 if likes > 0 then
     liked = redis.call('HINCRBY', state_key, 'likes', likes)
+    redis.call('PEXPIRE', state_key, room_ttl_ms)
 else
     liked = tonumber(redis.call('HGET', state_key, 'likes') or '0')
 end
