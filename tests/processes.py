@@ -27,7 +27,7 @@ from engine.server import LiveroomServer
 from tests.conftest import SECRET
 from tests.redis_fixture import free_port
 
-__all__ = ["API_KEY", "Endpoint", "Engine"]
+__all__ = ["API_KEY", "Endpoint", "Engine", "engine_env"]
 
 API_KEY = "k-engine-process"
 
@@ -39,6 +39,21 @@ class Endpoint:
     """What :meth:`Peer.open` reads of a server: its websocket URL."""
 
     url: str
+
+
+def engine_env(ws_port: int, api_port: int, **settings: str) -> dict[str, str]:
+    """The environment of a test's ``liveroom serve``: this one without ``LIVEROOM_*``, the
+    two ports, the tests' secret and API key, a short close timeout, then ``settings``
+    (``LIVEROOM_<KEY>`` each)."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
+        "LIVEROOM_SERVER_PORT": str(ws_port),
+        "LIVEROOM_SERVICE_PORT": str(api_port),
+        "LIVEROOM_AUTH_SECRET": SECRET,
+        "LIVEROOM_SERVICE_API_KEYS": API_KEY,
+        "LIVEROOM_SERVER_CLOSE_TIMEOUT": "1",
+        **{f"LIVEROOM_{key}": value for key, value in settings.items()},
+    }
 
 
 class Engine:
@@ -59,15 +74,7 @@ class Engine:
         self.ws_port, self.api_port = free_port(), free_port()
         self.log = log
         self._preexec = preexec
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
-            "LIVEROOM_SERVER_PORT": str(self.ws_port),
-            "LIVEROOM_SERVICE_PORT": str(self.api_port),
-            "LIVEROOM_AUTH_SECRET": SECRET,
-            "LIVEROOM_SERVICE_API_KEYS": API_KEY,
-            "LIVEROOM_SERVER_CLOSE_TIMEOUT": "1",
-            **{f"LIVEROOM_{key}": value for key, value in settings.items()},
-        }
+        self.env = engine_env(self.ws_port, self.api_port, **settings)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 

@@ -247,7 +247,7 @@ async def _pin_and_sale_reach_other_nodes(engines: Sequence[Engine], room: str) 
     assert joined_a.sale is not None and joined_a.sale.id == sale
     answer = expect(await on_b.call(Buy(room=room, sale=sale, qty=2, rid="b1")), BuyResult)
     assert answer.status == "ok" and answer.remaining == 3
-    await wait_for_stock(on_a, sale, 3)
+    await conflated(on_a, Stock(sale_id=sale, remaining=3))
     # Late joiners on B (which never saw the pin happen) get both in their snapshot.
     late_b, joined_b = await viewer(b, "late-b", room)
     assert joined_b.pin is not None and joined_b.pin.title == "保温杯 500ml"
@@ -261,11 +261,12 @@ async def _pin_and_sale_reach_other_nodes(engines: Sequence[Engine], room: str) 
         await peer.close()
 
 
-async def wait_for_stock(peer: Peer, sale: str, remaining: int, timeout: float = 5.0) -> None:
+async def conflated(peer: Peer, value: Viewers | Likes | Stock, timeout: float = 10.0) -> None:
+    """Wait until the room's conflated value (viewers, likes, a sale's stock) is ``value``."""
     async with asyncio.timeout(timeout):
         while True:
             _, event = await peer.next_event(timeout)
-            if isinstance(event, Stock) and (event.sale_id, event.remaining) == (sale, remaining):
+            if event == value:
                 return
 
 
@@ -629,36 +630,22 @@ async def test_viewer_counts_add_up_over_nodes_and_a_dead_nodes_viewers_stop_cou
 ) -> None:
     room = "show-count"
 
-    async def count_seen(peer: Peer, expected: int) -> None:
-        async with asyncio.timeout(10):
-            while True:
-                _, event = await peer.next_event(10)
-                if isinstance(event, Viewers) and event.count == expected:
-                    return
-
-    async def likes_seen(peer: Peer, expected: int) -> None:
-        async with asyncio.timeout(10):
-            while True:
-                _, event = await peer.next_event(10)
-                if isinstance(event, Likes) and event.total == expected:
-                    return
-
     async with asyncio.timeout(60):
         with nodes(2, redis_url, tmp_path, BROKER_VIEWERS_TTL="1") as engines:
             on_a = [(await viewer(engines[0], f"a{i}", room))[0] for i in range(3)]
             on_b = [(await viewer(engines[1], f"b{i}", room))[0] for i in range(3)]
-            await count_seen(on_a[0], 6)  # 3 here + 3 on the other node
-            await count_seen(on_b[0], 6)
+            await conflated(on_a[0], Viewers(count=6))  # 3 here + 3 on the other node
+            await conflated(on_b[0], Viewers(count=6))
             # Likes add up over nodes too, including those of a viewer who then leaves.
             expect(await on_a[1].like(room, 3), Ack)
             expect(await on_b[1].like(room, 4), Ack)
             await on_b[1].close()
-            await likes_seen(on_a[0], 7)
-            await likes_seen(on_b[0], 7)
+            await conflated(on_a[0], Likes(total=7))
+            await conflated(on_b[0], Likes(total=7))
             _, joined = await viewer(engines[1], "late", room)
             assert joined.viewers >= 5 and joined.likes == 7  # the room's, not this node's
             engines[1].kill()  # its viewers stop counting within the TTL
-            await count_seen(on_a[0], 3)
+            await conflated(on_a[0], Viewers(count=3))
             for peer in on_a:
                 await peer.close()
 
@@ -671,17 +658,8 @@ async def test_a_node_stopped_gracefully_withdraws_its_viewers_at_once(
         with nodes(2, redis_url, tmp_path, BROKER_VIEWERS_TTL="60") as engines:
             watcher, _ = await viewer(engines[0], "w", room)
             leaving = [(await viewer(engines[1], f"b{i}", room))[0] for i in range(2)]
-            await next_viewers(watcher, 3)
+            await conflated(watcher, Viewers(count=3))
             engines[1].stop(signal.SIGTERM)  # well before its counts' 60 s expiry
-            await next_viewers(watcher, 1, timeout=5)
+            await conflated(watcher, Viewers(count=1), timeout=5)
             for peer in leaving:
                 assert await peer.close_code() == 1001
-
-
-async def next_viewers(peer: Peer, expected: int, timeout: float = 10.0) -> None:
-    """Wait for the room's conflated viewer count to be ``expected``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            _, event = await peer.next_event(timeout)
-            if isinstance(event, Viewers) and event.count == expected:
-                return

@@ -31,8 +31,8 @@ from engine.cli import _run
 from engine.config import Config
 from engine.server import LiveroomServer
 from engine.workers import Supervisor
-from tests.conftest import SECRET, Peer, token, wait_for_condition
-from tests.processes import Endpoint
+from tests.conftest import Peer, token, wait_for_condition
+from tests.processes import Endpoint, engine_env
 from tests.redis_fixture import free_port
 
 LIVEROOM = Path(sys.executable).with_name("liveroom")
@@ -77,15 +77,7 @@ class Supervised:
         self.ws_port, self.api_port = free_port(), free_port()
         self.log = log
         self.args = args
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
-            "LIVEROOM_SERVER_PORT": str(self.ws_port),
-            "LIVEROOM_SERVICE_PORT": str(self.api_port),
-            "LIVEROOM_AUTH_SECRET": SECRET,
-            "LIVEROOM_SERVICE_API_KEYS": API_KEY,
-            "LIVEROOM_SERVER_CLOSE_TIMEOUT": "1",
-            **{f"LIVEROOM_{key}": value for key, value in settings.items()},
-        }
+        self.env = engine_env(self.ws_port, self.api_port, **settings)
         self.proc: subprocess.Popen[bytes] | None = None
         self.seen: set[int] = set()  # every worker pid seen, for kill()
 
