@@ -32,11 +32,10 @@ from engine.config import Config
 from engine.server import LiveroomServer
 from engine.workers import Supervisor
 from tests.conftest import Peer, token, wait_for_condition
-from tests.processes import Endpoint, engine_env
+from tests.processes import API_KEY, Endpoint, engine_env
 from tests.redis_fixture import free_port
 
 LIVEROOM = Path(sys.executable).with_name("liveroom")
-API_KEY = "k-workers"
 
 
 # --- processes found through /proc ---------------------------------------------------------
