@@ -1,0 +1,196 @@
+"""Show scenarios: the timeline a load test follows, read from TOML and checked.
+
+A scenario describes one room's show for ``duration`` seconds from the run's start time:
+
+* **viewers** (the swarm: passive websocket viewers): they join at ``join_rate`` per
+  second up to ``peak``; each watches for a random time (exponential, mean
+  ``watch_time``; 0 = to the end) and, while the show lasts, a viewer who left is
+  replaced by a new one (churn), so the room stays at the join curve;
+* **active users** (Locust users): ``commenters`` commenting ``comment_rate`` times per
+  second each, ``likers`` liking ``like_rate`` times per second each (``like_count``
+  likes a message), and the sale's ``buyers``; they join with the same curve;
+* **pins** at given times (through the service API);
+* a **sale** at ``sale.at``: ``stock`` units, ``per_user_limit``; every buyer presses Buy
+  once at a random moment of the ``jitter`` window, retrying (same request id) up to
+  ``retries`` times when the answer is lost or "try again";
+* **SLOs** judged on the run: p99 delivery latency, share of events lost, units oversold.
+
+Guarantees: :func:`load_scenario` returns a valid :class:`Scenario` or raises
+:class:`ScenarioError` naming the file and the setting at fault (unknown settings are
+errors). Everything random in a run derives from ``seed`` (:meth:`Scenario.rng`): the
+same scenario gives the same actions at the same offsets from the start time.
+:meth:`Scenario.slice` splits the viewers over several swarm processes or machines,
+each of which follows the same timeline from the same absolute start time.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+__all__ = [
+    "SCENARIOS_DIR",
+    "Pin",
+    "Sale",
+    "Scenario",
+    "ScenarioError",
+    "Slo",
+    "Users",
+    "Viewers",
+    "load_scenario",
+]
+
+SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
+"""Where the shipped scenarios live (``smoke``, ``show-scaled``, ``million-viewers``)."""
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class ScenarioError(Exception):
+    """The scenario cannot be used; the message names the file and the setting."""
+
+
+class Viewers(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The passive audience (the swarm)."""
+
+    peak: Annotated[int, msgspec.Meta(ge=1)]
+    join_rate: Positive  # viewers per second joining until peak
+    watch_time: NonNegative = 0.0  # mean seconds a viewer stays (exponential); 0: to the end
+    sampled: Share = 0.05  # share of viewers that decode every frame (latency, offsets)
+
+
+class Users(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Active users (Locust): commenters and likers."""
+
+    commenters: Count = 0
+    comment_rate: NonNegative = 0.2  # comments per second per commenter
+    likers: Count = 0
+    like_rate: NonNegative = 1.0  # like messages per second per liker
+    like_count: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+
+
+class Pin(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A product pinned at ``at`` seconds into the show."""
+
+    at: NonNegative
+    id: Name
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    price: Annotated[int, msgspec.Meta(ge=0)]
+    currency: str = "CNY"
+
+
+class Sale(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A flash sale opened at ``at`` seconds into the show."""
+
+    at: NonNegative
+    sale_id: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    ]
+    product_id: str = "p1"
+    price: Annotated[int, msgspec.Meta(ge=0)] = 9900
+    stock: Annotated[int, msgspec.Meta(ge=1)]
+    per_user_limit: Annotated[int, msgspec.Meta(ge=1)] = 1
+    buyers: Count  # Locust users that press Buy (each once, at a random moment of jitter)
+    jitter: NonNegative = 1.0  # seconds over which the buyers' presses are spread
+    retries: Count = 2  # retries of a press whose answer is lost or "try again"
+    duration: Positive = 300.0  # seconds the sale stays open
+
+
+class Slo(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """What the run must achieve; any miss fails it."""
+
+    p99_ms: Positive = 200.0  # delivery latency (event's server ts to receipt), p99
+    loss: Share = 0.0  # share of events a viewer may miss (offset gaps, no resync)
+    oversell: Count = 0  # units sold beyond stock (never anything but 0 in a real show)
+
+
+class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One show; see the module docstring."""
+
+    name: Name
+    room: Name
+    duration: Positive
+    seed: int = 1
+    viewers: Viewers
+    users: Users = Users()
+    pins: tuple[Pin, ...] = ()
+    sale: Sale | None = None
+    slo: Slo = Slo()
+
+    @property
+    def active_users(self) -> int:
+        """Locust users: commenters, likers and buyers."""
+        buyers = self.sale.buyers if self.sale is not None else 0
+        return self.users.commenters + self.users.likers + buyers
+
+    def viewers_at(self, t: float) -> int:
+        """Viewers the join curve wants connected ``t`` seconds into the show."""
+        if t < 0 or t >= self.duration:
+            return 0
+        return min(self.viewers.peak, math.floor(self.viewers.join_rate * t) + 1)
+
+    def join_time(self, k: int, peak: int | None = None) -> float:
+        """Seconds into the show at which the ``k``-th viewer (0-based) of ``peak`` joins."""
+        peak = self.viewers.peak if peak is None else peak
+        return k * (self.viewers.peak / peak) / self.viewers.join_rate
+
+    def rng(self, *stream: object) -> random.Random:
+        """A random generator for one stream of decisions (e.g. ``("viewer", 17)``),
+        the same for the same seed and stream on every machine."""
+        return random.Random(f"{self.seed}:" + ":".join(str(s) for s in stream))
+
+    def slice(self, index: int, count: int) -> Scenario:
+        """The part of the audience swarm process ``index`` of ``count`` holds: a
+        ``1/count`` share of the peak and join rate (the first ones take the remainder)."""
+        if not 0 <= index < count:
+            raise ValueError(f"slice {index} of {count}")
+        peak = self.viewers.peak // count + (1 if index < self.viewers.peak % count else 0)
+        share = peak / self.viewers.peak
+        viewers = msgspec.structs.replace(
+            self.viewers, peak=max(1, peak), join_rate=self.viewers.join_rate * share
+        )
+        return msgspec.structs.replace(self, viewers=viewers)
+
+
+def load_scenario(source: str | Path) -> Scenario:
+    """Read a scenario: a path, or a name under :data:`SCENARIOS_DIR` (``"smoke"``).
+
+    Raises:
+        ScenarioError: unreadable file, bad TOML, an unknown or invalid setting (named).
+    """
+    path = Path(source)
+    if not path.suffix and not path.exists():
+        path = SCENARIOS_DIR / f"{source}.toml"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        scenario = msgspec.toml.decode(data, type=Scenario)
+    except msgspec.ValidationError as exc:
+        raise ScenarioError(f"{path}: {_where(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    for pin in scenario.pins:
+        if pin.at >= scenario.duration:
+            raise ScenarioError(f"{path}: pins.at: {pin.at} is after the show's end")
+    if scenario.sale is not None and scenario.sale.at >= scenario.duration:
+        raise ScenarioError(f"{path}: sale.at: {scenario.sale.at} is after the show's end")
+    return scenario
+
+
+def _where(message: str) -> str:
+    """msgspec's ``... - at `$.viewers.peak``` as ``viewers.peak: ...``."""
+    text, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return message
+    setting = where.rstrip("`").removeprefix("$").lstrip(".") or "scenario"
+    return f"{setting}: {text}"

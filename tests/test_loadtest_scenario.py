@@ -1,0 +1,72 @@
+"""Scenario files: the shipped ones load, bad ones are refused naming the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest.scenario import SCENARIOS_DIR, ScenarioError, load_scenario
+
+
+@pytest.mark.parametrize("name", ["smoke", "show-scaled", "million-viewers"])
+def test_the_shipped_scenarios_load(name: str) -> None:
+    scenario = load_scenario(name)
+    assert scenario.name == name and (SCENARIOS_DIR / f"{name}.toml").exists()
+    assert scenario.sale is not None and scenario.slo.oversell == 0
+    assert scenario.active_users >= scenario.sale.buyers
+
+
+def test_the_join_curve_and_slices_add_up() -> None:
+    scenario = load_scenario("smoke")  # 200 viewers at 100/s
+    assert [scenario.viewers_at(t) for t in (-1, 0, 0.5, 1.99, 5, scenario.duration)] == [
+        0,
+        1,
+        51,
+        200,
+        200,
+        0,
+    ]
+    slices = [scenario.slice(i, 3) for i in range(3)]
+    assert sum(s.viewers.peak for s in slices) == scenario.viewers.peak
+    assert sum(s.viewers.join_rate for s in slices) == pytest.approx(scenario.viewers.join_rate)
+    # Each slice's k-th viewer joins when its share of the curve reaches it.
+    assert slices[0].join_time(66) == pytest.approx(scenario.join_time(66 * 3), rel=0.02)
+    with pytest.raises(ValueError):
+        scenario.slice(3, 3)
+
+
+def test_random_decisions_repeat_for_the_same_seed_and_stream() -> None:
+    scenario = load_scenario("smoke")
+    assert scenario.rng("viewer", 5).random() == scenario.rng("viewer", 5).random()
+    assert scenario.rng("viewer", 5).random() != scenario.rng("viewer", 6).random()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('name="x"\nroom="r"\nduration=1\n[viewers]\npeak=1\njoin_rate=1\nsampel=1\n',
+         "viewers: Object contains unknown field `sampel`"),
+        ('name="x"\nroom="r"\nduration=1\n[viewers]\npeak=0\njoin_rate=1\n',
+         "viewers.peak: Expected `int` >= 1"),
+        ('name="x"\nroom="r"\nduration=-1\n[viewers]\npeak=1\njoin_rate=1\n',
+         "duration: Expected `float` > 0"),
+        ('name="x"\nroom="r"\nduration=5\n[viewers]\npeak=1\njoin_rate=1\n'
+         '[sale]\nat=9\nsale_id="s"\nstock=1\nbuyers=1\n', "sale.at: 9.0 is after the show's end"),
+        ('name="x"\nroom="r"\nduration=5\n[viewers]\npeak=1\njoin_rate=1\n'
+         '[sale]\nat=1\nsale_id="s s"\nstock=1\nbuyers=1\n',
+         "sale.sale_id: Expected `str` matching"),
+        ("name = [\n", "not valid TOML"),
+    ],
+)  # fmt: skip
+def test_a_bad_scenario_names_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+def test_a_missing_scenario_is_a_clear_error() -> None:
+    with pytest.raises(ScenarioError, match="cannot read"):
+        load_scenario("no-such-show")
