@@ -147,6 +147,35 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
         the same for the same seed and stream on every machine."""
         return random.Random(f"{self.seed}:" + ":".join(str(s) for s in stream))
 
+    def scaled(self, factor: float) -> Scenario:
+        """The same show with ``factor`` times the people (viewers, join rate, active
+        users, buyers) and the stock: a 1/100 rehearsal of a big show keeps its shape.
+        Counts round up, so nothing scales to zero that was not zero."""
+        if not factor > 0:
+            raise ValueError(f"scale factor must be > 0, got {factor}")
+
+        def up(n: int) -> int:
+            return math.ceil(n * factor) if n else 0
+
+        viewers = msgspec.structs.replace(
+            self.viewers,
+            peak=max(1, up(self.viewers.peak)),
+            join_rate=self.viewers.join_rate * factor,
+        )
+        users = msgspec.structs.replace(
+            self.users, commenters=up(self.users.commenters), likers=up(self.users.likers)
+        )
+        sale = self.sale
+        if sale is not None:
+            sale = msgspec.structs.replace(
+                sale, stock=max(1, up(sale.stock)), buyers=up(sale.buyers)
+            )
+        return msgspec.structs.replace(self, viewers=viewers, users=users, sale=sale)
+
+    def to_toml(self) -> str:
+        """The scenario as TOML that :func:`load_scenario` reads back to an equal one."""
+        return msgspec.toml.encode(self).decode("utf-8")
+
     def slice(self, index: int, count: int) -> Scenario:
         """The part of the audience swarm process ``index`` of ``count`` holds: a
         ``1/count`` share of the peak and join rate (the first ones take the remainder)."""

@@ -70,3 +70,17 @@ def test_a_bad_scenario_names_the_setting(tmp_path: Path, text: str, message: st
 def test_a_missing_scenario_is_a_clear_error() -> None:
     with pytest.raises(ScenarioError, match="cannot read"):
         load_scenario("no-such-show")
+
+
+def test_a_scaled_show_keeps_its_shape_and_round_trips(tmp_path: Path) -> None:
+    big = load_scenario("million-viewers")
+    small = big.scaled(0.01)
+    assert small.viewers.peak == 10_000 and small.viewers.join_rate == pytest.approx(34)
+    assert small.sale is not None and big.sale is not None
+    assert (small.sale.stock, small.sale.buyers) == (100, 3000)
+    assert small.users.commenters == 50 and small.duration == big.duration
+    path = tmp_path / "small.toml"
+    path.write_text(small.to_toml(), encoding="utf-8")
+    assert load_scenario(path) == small
+    with pytest.raises(ValueError):
+        big.scaled(0)
