@@ -58,7 +58,9 @@ class ScenarioError(Exception):
     """The scenario cannot be used; the message names the file and the setting."""
 
 
-class Viewers(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class Viewers(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """The passive audience (the swarm)."""
 
     peak: Annotated[int, msgspec.Meta(ge=1)]
@@ -67,7 +69,9 @@ class Viewers(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     sampled: Share = 0.05  # share of viewers that decode every frame (latency, offsets)
 
 
-class Users(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class Users(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """Active users (Locust): commenters and likers."""
 
     commenters: Count = 0
@@ -77,7 +81,9 @@ class Users(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     like_count: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
 
 
-class Pin(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class Pin(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """A product pinned at ``at`` seconds into the show."""
 
     at: NonNegative
@@ -87,7 +93,9 @@ class Pin(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True)
     currency: str = "CNY"
 
 
-class Sale(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class Sale(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """A flash sale opened at ``at`` seconds into the show."""
 
     at: NonNegative
@@ -104,7 +112,9 @@ class Sale(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True
     duration: Positive = 300.0  # seconds the sale stays open
 
 
-class Slo(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class Slo(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """What the run must achieve; any miss fails it."""
 
     p99_ms: Positive = 200.0  # delivery latency (event's server ts to receipt), p99
@@ -112,7 +122,9 @@ class Slo(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True)
     oversell: Count = 0  # units sold beyond stock (never anything but 0 in a real show)
 
 
-class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class Scenario(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
     """One show; see the module docstring."""
 
     name: Name

@@ -1,0 +1,85 @@
+"""The load-test runner end to end: the smoke scenario against a real server, judged.
+
+``python -m loadtest.run`` as a subprocess against a real ``liveroom serve`` (loopback):
+the smoke scenario passes with a clean reconciliation and a complete report; a scenario
+whose SLO cannot hold makes the run exit 1 naming it; a bad scenario exits 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SECRET
+from tests.processes import API_KEY, Engine
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    e = Engine(ROOMS_COMMENT_RATE="50", ROOMS_LIKE_RATE="50")
+    try:
+        e.start()
+        yield e
+    finally:
+        e.kill()
+
+
+def run(engine: Engine, scenario: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "loadtest.run", "--scenario", scenario,
+            "--url", f"ws://127.0.0.1:{engine.ws_port}/",
+            "--service", f"http://127.0.0.1:{engine.api_port}",
+            "--api-key", API_KEY, "--secret", SECRET, "--out", str(out),
+            "--start-in", "1.5", *extra]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_smoke_scenario_passes_against_a_real_server(engine: Engine, tmp_path: Path) -> None:
+    done = run(engine, "smoke", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS: smoke" in done.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] and not report["failed"]
+    assert {v["slo"] for v in report["verdicts"]} == {
+        "p99 delivery",
+        "loss",
+        "oversell",
+        "reconciliation",
+    }
+    totals = report["totals"]
+    assert totals["peak_connections"] == 200 and totals["lost"] == 0 and totals["dups"] == 0
+    assert totals["buy_answers"] == {"ok": 20, "sold_out": 10}
+    sale = report["sale"]
+    assert (sale["stock"], sale["sold"], sale["orders"], sale["problems"]) == (20, 20, 20, [])
+    assert [a["action"] for a in report["host"]] == ["pin", "open_sale"]
+    assert all(a["status"] in (200, 201) for a in report["host"])
+    assert len(report["seconds"]) >= 8 and max(s["events"] for s in report["seconds"]) > 0
+    page = (tmp_path / "report.html").read_text()
+    assert "smoke: PASS" in page and "data:image/png;base64," in page
+    for name in ("latency.png", "connections.png", "locust.html", "locust_stats.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_a_failing_slo_fails_the_run_and_is_named(engine: Engine, tmp_path: Path) -> None:
+    scenario = tmp_path / "strict.toml"
+    scenario.write_text(
+        'name = "strict"\nroom = "strict-room"\nduration = 3.0\n'
+        "[viewers]\npeak = 20\njoin_rate = 40.0\nsampled = 1.0\n"
+        "[users]\ncommenters = 2\ncomment_rate = 3.0\n"
+        "[slo]\np99_ms = 0.5\n",  # no delivery is that fast: the bucket bounds start at 1 ms
+        encoding="utf-8",
+    )
+    done = run(engine, str(scenario), tmp_path / "out")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL: strict: p99 delivery" in done.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["failed"] == ["p99 delivery"]  # the rest held
+
+
+def test_a_bad_scenario_exits_2(engine: Engine, tmp_path: Path) -> None:
+    done = run(engine, str(tmp_path / "missing.toml"), tmp_path / "out")
+    assert done.returncode == 2 and "cannot read" in done.stderr
