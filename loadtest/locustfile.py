@@ -123,7 +123,7 @@ ANSWER_TIMEOUT: Final = 5.0
 """Seconds to wait for ``joined`` or an ``ack``; later, the command failed."""
 BUY_TIMEOUT: Final = 5.0
 """Seconds to wait for a ``buy_result`` before the answer counts as lost (and is retried)."""
-RETRY_BACKOFF: Final = 0.25
+RETRY_BACKOFF: Final = 1.0
 """Seconds before a buyer's first retry; doubled for each next one."""
 PRESS_DELAY: Final = 0.2
 """Seconds after ``sale.at`` before the first buyer may press: the sale has opened by then."""

@@ -55,6 +55,7 @@ class Report:
     locust: list[dict[str, Any]] = field(default_factory=list)  # Locust's per-request rows
     host: list[dict[str, Any]] = field(default_factory=list)
     sale: Reconciliation | None = None
+    faults: list[dict[str, Any]] = field(default_factory=list)  # recovery from each fault
     verdicts: list[Verdict] = field(default_factory=list)
 
     @property
@@ -86,7 +87,8 @@ def build_report(out: Path, scenario: Scenario) -> Report:
     report = Report(scenario.name)
     per_second: dict[int, dict[str, Any]] = defaultdict(
         lambda: {"connections": 0, "events": 0, "sampled_events": 0, "frames": 0, "bytes": 0,
-                 "lost": 0, "dups": 0, "resyncs": 0, "reconnects": 0, "hist": {}, "cpu_s": 0.0}
+                 "lost": 0, "dups": 0, "resyncs": 0, "reconnects": 0, "dropped": 0, "hist": {},
+                 "cpu_s": 0.0}
     )  # fmt: skip
     summaries = []
     whole: dict[str, int] = {}
@@ -98,7 +100,7 @@ def build_report(out: Path, scenario: Scenario) -> Report:
             continue
         row = per_second[int(record["t"])]
         for key in ("connections", "events", "sampled_events", "frames", "bytes", "lost",
-                    "dups", "resyncs", "reconnects"):  # fmt: skip
+                    "dups", "resyncs", "reconnects", "dropped"):  # fmt: skip
             row[key] += int(record.get(key, 0))
         row["cpu_s"] += float(record.get("cpu_s", 0.0))
         hist = record.get("lat_hist", {})
@@ -149,8 +151,46 @@ def build_report(out: Path, scenario: Scenario) -> Report:
     if scenario.sale is not None and sale_path.exists():
         sale = json.loads(sale_path.read_text(encoding="utf-8"))
         report.sale = reconcile(sale["state"], sale["orders"], answers, buyers=scenario.sale.buyers)
+    report.faults = _recoveries(report, scenario)
     report.verdicts = _verdicts(report, scenario)
     return report
+
+
+def _recoveries(report: Report, scenario: Scenario) -> list[dict[str, Any]]:
+    """For each fault: when the show was back to normal, and what it cost meanwhile.
+
+    Back to normal: the first second, from the end of the fault (Redis back, the storm
+    begun) on, with at least 95% of the viewers connected in the second before the fault
+    and at least half the median events/s of the 3 seconds before it. ``recovery_s`` is
+    from the fault's start to the end of that second (None: never within the run).
+    """
+    rows = {s["t"]: s for s in report.seconds}
+    out = []
+    for fault in scenario.faults:
+        start = int(fault.at)
+        before = [rows[t] for t in range(start - 3, start) if t in rows]
+        down = fault.down if fault.kind in ("kill_redis", "pause_redis") else 0.0
+        record: dict[str, Any] = {"kind": fault.kind, "at": fault.at, "down": down}
+        if before:
+            connected = before[-1]["connections"]
+            flow = sorted(r["events"] for r in before)[len(before) // 2]
+            back = next(
+                (
+                    t
+                    for t in sorted(rows)
+                    if t >= int(fault.at + down)
+                    and rows[t]["connections"] >= 0.95 * connected
+                    and rows[t]["events"] >= 0.5 * flow
+                ),
+                None,
+            )
+            record["recovered_at"] = back
+            record["recovery_s"] = None if back is None else round(back + 1 - fault.at, 1)
+            span = [rows[t] for t in rows if start <= t <= (back if back is not None else t)]
+            for key in ("lost", "dups", "reconnects", "resyncs", "dropped"):
+                record[key] = sum(int(r.get(key, 0)) for r in span)
+        out.append(record)
+    return out
 
 
 OVER = 5000.0
@@ -273,6 +313,7 @@ def write_report(report: Report, out: Path) -> Path:
         "verdicts": [asdict(v) for v in report.verdicts],
         "totals": report.totals,
         "sale": asdict(report.sale) if report.sale is not None else None,
+        "faults": report.faults,
         "host": report.host,
         "locust": report.locust,
         "seconds": report.seconds,
@@ -296,6 +337,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style>
     "oversold", "orders", "buyers", "answers", "problems"])}
 <img alt="latency" src="data:image/png;base64,{images["latency"]}">
 <img alt="connections" src="data:image/png;base64,{images["connections"]}">
+<h2>Faults and recovery</h2>{_table(report.faults, ["kind", "at", "down", "recovered_at",
+    "recovery_s", "lost", "dups", "reconnects", "resyncs", "dropped"])}
 <h2>Host actions</h2>{_table(report.host, ["t", "action", "status", "detail"])}
 <h2>Locust requests</h2>{_table(report.locust, ["Type", "Name", "Request Count",
     "Failure Count", "Median Response Time", "99%", "Requests/s"])}

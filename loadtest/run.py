@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from loadtest.deploy import DeployError, LocalDeployment
 from loadtest.report import build_report, write_report
 from loadtest.scenario import Scenario, ScenarioError, load_scenario
 
@@ -44,8 +45,32 @@ LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 GRACE = 30.0  # seconds after the show's end before stragglers are killed
 
 
-async def _host(scenario: Scenario, service: str, api_key: str, start_at: float, log: Path) -> None:
-    """Pin and open the sale on the scenario's schedule; every action goes to ``log``."""
+async def _post(http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, str]:
+    """POST, retrying for up to 3 s while the engine answers 404 (a room not held yet, with
+    the memory broker) or 503 (its Redis unreachable); the last answer."""
+    status, detail = 0, ""
+    for _ in range(15):
+        try:
+            async with http.post(path, json=body) as response:
+                status, detail = response.status, (await response.text())[:200]
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, detail = 0, f"{type(exc).__name__}: {exc}"
+        if status not in (0, 404, 503):
+            break
+        await asyncio.sleep(0.2)
+    return status, detail
+
+
+async def _host(
+    scenario: Scenario,
+    service: str,
+    api_key: str,
+    start_at: float,
+    log: Path,
+    deployment: LocalDeployment | None,
+) -> None:
+    """Pin, open the sale and do the faults on the scenario's schedule; every action goes
+    to ``log`` (``t`` is when it was done, in show seconds)."""
     actions: list[tuple[float, str, str, dict[str, Any]]] = [
         (
             pin.at,
@@ -57,7 +82,7 @@ async def _host(scenario: Scenario, service: str, api_key: str, start_at: float,
     ]
     sale = scenario.sale
     if sale is not None:
-        body = {
+        body: dict[str, Any] = {
             "sale_id": sale.sale_id,
             "room": scenario.room,
             "product_id": sale.product_id,
@@ -67,20 +92,43 @@ async def _host(scenario: Scenario, service: str, api_key: str, start_at: float,
             "duration": sale.duration,
         }
         actions.append((sale.at, "open_sale", "/v1/sales", body))
+    for fault in scenario.faults:
+        if fault.kind != "drop_viewers":  # the swarm drops its own viewers
+            actions.append((fault.at, f"fault:{fault.kind}", "", {"down": fault.down}))
     headers = {"Authorization": f"Bearer {api_key}"}
     timeout = aiohttp.ClientTimeout(total=10)
+    pending: list[asyncio.Task[None]] = []
+
+    def write(record: dict[str, Any]) -> None:
+        with log.open("a", encoding="utf-8") as fp:
+            fp.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    async def do_fault(kind: str, down: float, at: float) -> None:
+        record: dict[str, Any] = {"t": at, "action": f"fault:{kind}"}
+        if deployment is None:
+            record["status"], record["detail"] = "skipped", "needs --deploy"
+        else:
+            do = {
+                "kill_redis": lambda: deployment.kill_redis(down),
+                "pause_redis": lambda: deployment.pause_redis(down),
+                "kill_worker": deployment.kill_worker,
+            }[kind]
+            record["detail"] = await asyncio.to_thread(do)
+            record["status"] = "done"
+            record["done_t"] = round(time.time() - start_at, 3)
+        write(record)
+
     async with aiohttp.ClientSession(service, headers=headers, timeout=timeout) as http:
         for at, action, path, body in sorted(actions, key=lambda a: a[0]):
             await asyncio.sleep(max(0.0, start_at + at - time.time()))
-            record: dict[str, Any] = {"t": round(time.time() - start_at, 3), "action": action}
-            try:
-                async with http.post(path, json=body) as response:
-                    record["status"] = response.status
-                    record["detail"] = (await response.text())[:200]
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                record["status"], record["detail"] = 0, f"{type(exc).__name__}: {exc}"
-            with log.open("a", encoding="utf-8") as fp:
-                fp.write(json.dumps(record, ensure_ascii=False) + "\n")
+            now = round(time.time() - start_at, 3)
+            if action.startswith("fault:"):  # in the background: the show goes on
+                pending.append(asyncio.create_task(do_fault(action[6:], float(body["down"]), now)))
+                continue
+            status, detail = await _post(http, path, body)
+            write({"t": now, "action": action, "status": status, "detail": detail})
+        if pending:
+            await asyncio.gather(*pending)
 
 
 async def _read_sale(scenario: Scenario, service: str, api_key: str, out: Path) -> None:
@@ -127,6 +175,7 @@ async def run(
     swarms: int = 1,
     locust_workers: int = 0,
     start_in: float = 3.0,
+    deployment: LocalDeployment | None = None,
 ) -> int:
     """Run ``scenario`` (read from ``source``) and write its report into ``out``.
 
@@ -164,7 +213,9 @@ async def run(
                 procs.append(await _spawn(worker, env, out / f"locust-worker-{i}.log"))
         else:
             procs.append(await _spawn(locust, env, out / "locust.log"))
-        host = asyncio.create_task(_host(scenario, service, api_key, start_at, out / "host.jsonl"))
+        host = asyncio.create_task(
+            _host(scenario, service, api_key, start_at, out / "host.jsonl", deployment)
+        )
         deadline = start_at + scenario.duration + GRACE
         waits = [asyncio.create_task(p.wait()) for p in procs]
         await asyncio.wait(waits, timeout=max(1.0, deadline - time.time()))
@@ -193,8 +244,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m loadtest.run", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--scenario", required=True, help="a name in loadtest/scenarios or a path")
-    parser.add_argument("--url", required=True, help="the engine's websocket URL (ws://…/)")
-    parser.add_argument("--service", required=True, help="the engine's service API (http://…)")
+    parser.add_argument("--url", help="the engine's websocket URL (ws://…/)")
+    parser.add_argument("--service", help="the engine's service API (http://…)")
+    parser.add_argument(
+        "--deploy",
+        type=int,
+        default=0,
+        metavar="WORKERS",
+        help="start Redis and `liveroom serve --workers WORKERS` here for the run (faults "
+        "on Redis and workers need it); --url, --service, --secret, --api-key not needed",
+    )
     parser.add_argument("--api-key", default=os.environ.get("LIVEROOM_SERVICE_API_KEY", ""))
     parser.add_argument("--secret", default=os.environ.get("LIVEROOM_AUTH_SECRET", ""))
     parser.add_argument("--out", type=Path, required=True, help="directory for outputs and report")
@@ -210,9 +269,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ScenarioError as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if not args.secret or not args.api_key:
-        print("loadtest: --secret and --api-key (or LIVEROOM_AUTH_SECRET and "
-              "LIVEROOM_SERVICE_API_KEY) are needed", file=sys.stderr)  # fmt: skip
+    if not args.deploy and not (args.url and args.service and args.secret and args.api_key):
+        print("loadtest: --url, --service, --secret and --api-key (or LIVEROOM_AUTH_SECRET "
+              "and LIVEROOM_SERVICE_API_KEY) are needed, or --deploy", file=sys.stderr)  # fmt: skip
         raise SystemExit(2)
     if args.swarms < 1 or args.locust_workers < 0:
         parser.error("--swarms must be >= 1 and --locust-workers >= 0")
@@ -222,20 +281,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The tools read this file: the scenario as run (scaled), kept with the results.
     effective = args.out / "scenario.toml"
     effective.write_text(scenario.to_toml(), encoding="utf-8")
-    code = asyncio.run(
-        run(
-            scenario,
-            source=str(effective),
-            url=args.url,
-            service=args.service,
-            api_key=args.api_key,
-            secret=args.secret,
-            out=args.out,
-            swarms=args.swarms,
-            locust_workers=args.locust_workers,
-            start_in=args.start_in,
+    deployment = None
+    if args.deploy:
+        deployment = LocalDeployment(args.out / "deploy", args.deploy)
+        try:
+            deployment.start()
+        except DeployError as exc:
+            deployment.stop()
+            print(f"loadtest: cannot deploy: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        args.url, args.service = deployment.url, deployment.service
+        args.secret, args.api_key = deployment.secret, deployment.api_key
+    try:
+        code = asyncio.run(
+            run(
+                scenario,
+                source=str(effective),
+                url=args.url,
+                service=args.service,
+                api_key=args.api_key,
+                secret=args.secret,
+                out=args.out,
+                swarms=args.swarms,
+                locust_workers=args.locust_workers,
+                start_in=args.start_in,
+                deployment=deployment,
+            )
         )
-    )
+    finally:
+        if deployment is not None:
+            deployment.stop()
     raise SystemExit(code)
 
 

@@ -13,6 +13,8 @@ A scenario describes one room's show for ``duration`` seconds from the run's sta
 * a **sale** at ``sale.at``: ``stock`` units, ``per_user_limit``; every buyer presses Buy
   once at a random moment of the ``jitter`` window, retrying (same request id) up to
   ``retries`` times when the answer is lost or "try again";
+* **faults** at given times: Redis killed or paused, an engine worker killed, a share of
+  the viewers dropped at once (a reconnect storm); the report shows the recovery;
 * **SLOs** judged on the run: p99 delivery latency, share of events lost, units oversold.
 
 Guarantees: :func:`load_scenario` returns a valid :class:`Scenario` or raises
@@ -33,7 +35,9 @@ from typing import Annotated
 import msgspec
 
 __all__ = [
+    "FAULT_KINDS",
     "SCENARIOS_DIR",
+    "Fault",
     "Pin",
     "Sale",
     "Scenario",
@@ -112,6 +116,27 @@ class Sale(
     duration: Positive = 300.0  # seconds the sale stays open
 
 
+FAULT_KINDS = ("kill_redis", "pause_redis", "kill_worker", "drop_viewers")
+
+
+class Fault(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
+    """Something going wrong at ``at`` seconds into the show.
+
+    ``kill_redis``: SIGKILL the deployment's Redis, start it again ``down`` seconds later
+    (its AOF replays); ``pause_redis``: SIGSTOP it for ``down`` seconds; ``kill_worker``:
+    SIGKILL one engine worker (its supervisor restarts it); ``drop_viewers``: a ``share`` of
+    the swarm's viewers lose their connection at once and reconnect (a reconnect storm).
+    The first three need a deployment the runner started (``--deploy``).
+    """
+
+    at: NonNegative
+    kind: str
+    down: NonNegative = 2.0
+    share: Share = 0.3
+
+
 class Slo(
     msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
 ):
@@ -135,6 +160,7 @@ class Scenario(
     users: Users = Users()
     pins: tuple[Pin, ...] = ()
     sale: Sale | None = None
+    faults: tuple[Fault, ...] = ()
     slo: Slo = Slo()
 
     @property
@@ -225,6 +251,13 @@ def load_scenario(source: str | Path) -> Scenario:
             raise ScenarioError(f"{path}: pins.at: {pin.at} is after the show's end")
     if scenario.sale is not None and scenario.sale.at >= scenario.duration:
         raise ScenarioError(f"{path}: sale.at: {scenario.sale.at} is after the show's end")
+    for fault in scenario.faults:
+        if fault.kind not in FAULT_KINDS:
+            raise ScenarioError(
+                f"{path}: faults.kind: {fault.kind!r} is not one of {', '.join(FAULT_KINDS)}"
+            )
+        if fault.at >= scenario.duration:
+            raise ScenarioError(f"{path}: faults.at: {fault.at} is after the show's end")
     return scenario
 
 

@@ -83,3 +83,32 @@ def test_a_failing_slo_fails_the_run_and_is_named(engine: Engine, tmp_path: Path
 def test_a_bad_scenario_exits_2(engine: Engine, tmp_path: Path) -> None:
     done = run(engine, str(tmp_path / "missing.toml"), tmp_path / "out")
     assert done.returncode == 2 and "cannot read" in done.stderr
+
+
+def test_a_deployed_run_survives_redis_killed_during_the_sale(tmp_path: Path) -> None:
+    """--deploy: Redis and two workers started by the runner; Redis killed mid-sale."""
+    scenario = tmp_path / "fault.toml"
+    scenario.write_text(
+        'name = "fault"\nroom = "fault-room"\nduration = 7.0\nseed = 3\n'
+        "[viewers]\npeak = 60\njoin_rate = 60.0\nsampled = 0.5\n"
+        "[users]\ncommenters = 2\ncomment_rate = 2.0\n"
+        '[sale]\nat = 2.0\nsale_id = "f1"\nstock = 8\nbuyers = 12\njitter = 0.5\nretries = 3\n'
+        '[[faults]]\nat = 2.4\nkind = "kill_redis"\ndown = 1.0\n'
+        "[slo]\np99_ms = 5000.0\n",
+        encoding="utf-8",
+    )
+    argv = [sys.executable, "-m", "loadtest.run", "--scenario", str(scenario), "--deploy", "2",
+            "--out", str(tmp_path / "out"), "--start-in", "1.5"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    (fault,) = report["faults"]
+    assert fault["kind"] == "kill_redis" and fault["recovery_s"] is not None
+    assert fault["lost"] == 0 and fault["dups"] == 0
+    assert [a["action"] for a in report["host"]] == ["open_sale", "fault:kill_redis"]
+    assert report["host"][1]["status"] == "done"
+    sale = report["sale"]  # buyers retried through the outage; the store kept every sale
+    assert sale["problems"] == [] and sale["oversold"] == 0
+    assert sale["sold"] == 8 and sale["answers"].get("ok") == 8
+    deploy = tmp_path / "out" / "deploy"
+    assert (deploy / "appendonlydir").is_dir() and (deploy / "engine.log").exists()

@@ -9,7 +9,7 @@ import pytest
 from loadtest.scenario import SCENARIOS_DIR, ScenarioError, load_scenario
 
 
-@pytest.mark.parametrize("name", ["smoke", "show-scaled", "million-viewers"])
+@pytest.mark.parametrize("name", ["smoke", "show-scaled", "million-viewers", "sale-redis-kill"])
 def test_the_shipped_scenarios_load(name: str) -> None:
     scenario = load_scenario(name)
     assert scenario.name == name and (SCENARIOS_DIR / f"{name}.toml").exists()
@@ -57,6 +57,8 @@ def test_random_decisions_repeat_for_the_same_seed_and_stream() -> None:
          '[sale]\nat=1\nsale_id="s s"\nstock=1\nbuyers=1\n',
          "sale.sale_id: Expected `str` matching"),
         ("name = [\n", "not valid TOML"),
+        ('name="x"\nroom="r"\nduration=5\n[viewers]\npeak=1\njoin_rate=1\n'
+         '[[faults]]\nat=1\nkind="flood_redis"\n', "faults.kind: 'flood_redis' is not one of"),
     ],
 )  # fmt: skip
 def test_a_bad_scenario_names_the_setting(tmp_path: Path, text: str, message: str) -> None:

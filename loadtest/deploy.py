@@ -1,0 +1,173 @@
+"""A liveroom deployment on this machine for rehearsals: Redis and N engine workers.
+
+:class:`LocalDeployment` starts a ``redis-server`` (loopback, a free port, AOF with
+``appendfsync always``, as production runs it) and ``liveroom serve --workers N`` with the
+Redis broker and stock store, on free loopback ports, and can do a scenario's faults to
+them: kill Redis (SIGKILL, then start it again on the same port and directory so its AOF
+replays), pause it (SIGSTOP / SIGCONT), or kill one engine worker (SIGKILL; its supervisor
+restarts it). :meth:`LocalDeployment.stop` stops everything by PID (the supervisor with
+SIGTERM, so its workers drain), also after a failure; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["DeployError", "LocalDeployment"]
+
+
+class DeployError(Exception):
+    """The deployment could not be started (the message says what and where its log is)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise DeployError(f"{what} exited ({proc.returncode}); see {log}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise DeployError(f"{what} did not listen on {port} in 30 s; see {log}") from None
+            time.sleep(0.05)
+
+
+class LocalDeployment:
+    """Redis plus ``liveroom serve --workers N``; see the module docstring.
+
+    Args:
+        directory: where Redis keeps its AOF and both write their logs.
+        workers: engine worker processes.
+        settings: extra ``LIVEROOM_<KEY>`` settings for the engine (e.g. rate limits).
+    """
+
+    def __init__(self, directory: Path, workers: int = 2, **settings: str) -> None:
+        self.directory = directory
+        self.workers = workers
+        self.secret = secrets.token_hex(16)
+        self.api_key = secrets.token_hex(16)
+        self.redis_port, self.ws_port, self.api_port = _free_port(), _free_port(), _free_port()
+        self.settings = settings
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.engine: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/"
+
+    @property
+    def service(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> None:
+        """Start Redis, then the engine; raises :class:`DeployError` when one fails."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._start_redis()
+        redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("LIVEROOM_")},
+            "LIVEROOM_SERVER_PORT": str(self.ws_port),
+            "LIVEROOM_SERVICE_PORT": str(self.api_port),
+            "LIVEROOM_AUTH_SECRET": self.secret,
+            "LIVEROOM_SERVICE_API_KEYS": self.api_key,
+            "LIVEROOM_BROKER_BACKEND": "redis",
+            "LIVEROOM_BROKER_REDIS_URL": redis_url,
+            "LIVEROOM_STOCK_BACKEND": "redis",
+            "LIVEROOM_STOCK_REDIS_URL": redis_url,
+            "LIVEROOM_LOG_LEVEL": "warning",
+            **{f"LIVEROOM_{key}": value for key, value in self.settings.items()},
+        }
+        log = self.directory / "engine.log"
+        with log.open("ab") as err:
+            self.engine = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "serve", "--workers", str(self.workers)],
+                env=env,
+                stdout=err,
+                stderr=err,
+            )
+        _wait_port(self.ws_port, self.engine, "liveroom serve", log)
+        _wait_port(self.api_port, self.engine, "liveroom service API", log)
+
+    def _start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise DeployError("redis-server not found (apt-get install redis-server)")
+        log = self.directory / "redis.log"
+        args = [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(self.directory), "--save", "", "--protected-mode", "no"]
+        args += ["--appendonly", "yes", "--appendfsync", "always"]
+        with log.open("ab") as out:
+            self.redis = subprocess.Popen(args, stdout=out, stderr=out)
+        _wait_port(self.redis_port, self.redis, "redis-server", log)
+
+    # --- faults -----------------------------------------------------------------------
+
+    def kill_redis(self, down: float) -> str:
+        """SIGKILL Redis, wait ``down`` seconds, start it again (its AOF replays)."""
+        assert self.redis is not None
+        self.redis.kill()
+        self.redis.wait(10)
+        time.sleep(down)
+        self._start_redis()
+        return f"redis killed, back after {down:g} s"
+
+    def pause_redis(self, down: float) -> str:
+        """SIGSTOP Redis for ``down`` seconds: it accepts nothing and answers nothing."""
+        assert self.redis is not None
+        os.kill(self.redis.pid, signal.SIGSTOP)
+        try:
+            time.sleep(down)
+        finally:
+            os.kill(self.redis.pid, signal.SIGCONT)
+        return f"redis paused for {down:g} s"
+
+    def worker_pids(self) -> list[int]:
+        """The engine supervisor's live children."""
+        assert self.engine is not None
+        pid = self.engine.pid
+        try:
+            text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(x) for x in text.split()]
+
+    def kill_worker(self) -> str:
+        """SIGKILL one engine worker (the first); its supervisor restarts it."""
+        pids = self.worker_pids()
+        if not pids:
+            return "no worker to kill"
+        os.kill(pids[0], signal.SIGKILL)
+        return f"worker {pids[0]} killed"
+
+    def stop(self) -> None:
+        """Stop the engine (SIGTERM: it drains; SIGKILL after 20 s) and Redis, by PID."""
+        if self.engine is not None and self.engine.poll() is None:
+            self.engine.terminate()
+            try:
+                self.engine.wait(20)
+            except subprocess.TimeoutExpired:
+                self.engine.kill()
+                self.engine.wait(10)
+            for pid in self.worker_pids():  # none left, unless the supervisor was killed
+                os.kill(pid, signal.SIGKILL)
+        if self.redis is not None and self.redis.poll() is None:
+            os.kill(self.redis.pid, signal.SIGCONT)  # in case it was paused
+            self.redis.kill()
+            self.redis.wait(10)
