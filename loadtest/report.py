@@ -86,7 +86,7 @@ def build_report(out: Path, scenario: Scenario) -> Report:
     """Read a run's output directory; see the module docstring."""
     report = Report(scenario.name)
     per_second: dict[int, dict[str, Any]] = defaultdict(
-        lambda: {"connections": 0, "events": 0, "sampled_events": 0, "frames": 0, "bytes": 0,
+        lambda: {"connections": 0, "connections_min": 0, "events": 0, "sampled_events": 0, "frames": 0, "bytes": 0,
                  "lost": 0, "dups": 0, "resyncs": 0, "reconnects": 0, "dropped": 0, "hist": {},
                  "cpu_s": 0.0}
     )  # fmt: skip
@@ -99,7 +99,7 @@ def build_report(out: Path, scenario: Scenario) -> Report:
         if record.get("kind") != "swarm":
             continue
         row = per_second[int(record["t"])]
-        for key in ("connections", "events", "sampled_events", "frames", "bytes", "lost",
+        for key in ("connections", "connections_min", "events", "sampled_events", "frames", "bytes", "lost",
                     "dups", "resyncs", "reconnects", "dropped"):  # fmt: skip
             row[key] += int(record.get(key, 0))
         row["cpu_s"] += float(record.get("cpu_s", 0.0))
@@ -342,8 +342,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style>
 <h2>Host actions</h2>{_table(report.host, ["t", "action", "status", "detail"])}
 <h2>Locust requests</h2>{_table(report.locust, ["Type", "Name", "Request Count",
     "Failure Count", "Median Response Time", "99%", "Requests/s"])}
-<h2>Per second</h2>{_table(report.seconds, ["t", "connections", "events", "lost", "resyncs",
-    "reconnects", "p50_ms", "p99_ms", "max_ms", "buys"])}
+<h2>Per second</h2>{_table(report.seconds, ["t", "connections", "connections_min", "events",
+    "lost", "resyncs", "reconnects", "dropped", "p50_ms", "p99_ms", "max_ms", "buys"])}
 </html>
 """  # fmt: skip
     path = out / "report.html"

@@ -10,6 +10,15 @@ whose connection fails, reconnects with jittered backoff (0.5 s doubling to 5 s)
 resumes with its last offset and epoch (SPEC §8). What one viewer does and counts is in
 ``loadtest/swarm_conn.py``.
 
+Faults: the swarm carries out the scenario's ``drop_viewers`` faults (the runner does the
+other kinds; the swarm ignores them). At ``start_at + fault.at`` each swarm process cuts a
+``fault.share`` (rounded to the nearest) of its viewers connected at that moment, all at
+once, chosen with ``scenario.rng("drop", <fault's index in faults>, slice)``: the socket is
+reset with no close frame, as in a network cut, and each of them reconnects with the
+usual jittered backoff and resumes from its offset (a reconnect storm). The records show
+the storm and its recovery: ``dropped``, ``connections_min``, ``reconnects``, and
+``lost`` / ``dups`` / ``resyncs`` for the resumes.
+
 Guarantees:
 
 - Bounded: the run ends by itself at ``start_at + duration + DRAIN`` whatever the server
@@ -38,6 +47,9 @@ Records (counters are the second's differences, totals in the summary):
   (``joined`` again after a loss), ``connect_failures`` (attempts that never got
   ``joined``), ``frames``, ``events`` (offset-carrying events received, all viewers),
   ``bytes``, ``lost`` / ``dups`` (sampled viewers' offset gaps / repeats), ``resyncs``,
+  ``dropped`` (live connections cut by ``drop_viewers`` faults), ``connections_min`` (the
+  lowest ``connections`` seen during the second, sampled every :data:`TICK` and right
+  after a drop: the dip of a storm that ``connections`` at the second's end may miss),
   ``closes`` (``{"<code>": n}`` sent by the server; ``1006``: lost without a close
   frame), ``lat_hist`` (comments' delivery latency, sampled viewers, live batches only),
   ``cpu_s``, and ``sampled_events`` (the sampled viewers' share of ``events``: the
@@ -48,8 +60,11 @@ Records (counters are the second's differences, totals in the summary):
   ``leaves``, ``reconnects``, ``connect_failures``, ``sampled`` (sampled identities),
   ``sampled_events``, ``gave_up`` (stopped after a close code that forbids retrying),
   ``closes``, ``lat_hist``, ``errors`` (join refusals, connect errors, timeouts by
-  code), ``max_connections`` (this process's cap) and ``drain_s`` (time the final closes
-  took).
+  code), ``max_connections`` (this process's cap), ``drain_s`` (time the final closes
+  took), ``dropped`` and ``drops``: one entry per ``drop_viewers`` fault carried out,
+  ``{"fault": <index in faults>, "at": <s into the show>, "connected": <live before>,
+  "dropped": n, "recovered_s": <s until this slice was back to "connected" live viewers,
+  or null if not before the show's end>}``.
 """
 
 from __future__ import annotations
@@ -77,7 +92,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from engine.auth import Claims, Role, mint_token
-from loadtest.scenario import Scenario, ScenarioError, load_scenario
+from loadtest.scenario import Fault, Scenario, ScenarioError, load_scenario
 from loadtest.swarm_conn import (
     CLOSING,
     CONNECTING,
@@ -252,6 +267,30 @@ def _codes(closes: dict[int, int]) -> dict[str, int]:
 # --- the swarm -----------------------------------------------------------------------
 
 
+class _Drop:
+    """One ``drop_viewers`` fault carried out by this process, and its recovery."""
+
+    __slots__ = ("at", "connected", "dropped", "fault", "fired", "recovered_s")
+
+    def __init__(self, fault: int, at: float, connected: int, dropped: int, fired: float) -> None:
+        self.fault = fault  # index in the scenario's faults
+        self.at = at  # seconds into the show (the fault's)
+        self.connected = connected  # live viewers just before: the level to get back to
+        self.dropped = dropped
+        self.fired = fired  # loop time of the drop
+        self.recovered_s: float | None = 0.0 if dropped == 0 else None
+
+    def as_record(self) -> dict[str, Any]:
+        recovered = None if self.recovered_s is None else round(self.recovered_s, 3)
+        return {
+            "fault": self.fault,
+            "at": self.at,
+            "connected": self.connected,
+            "dropped": self.dropped,
+            "recovered_s": recovered,
+        }
+
+
 class _Swarm:
     """One process's share of the audience: its viewers, one scheduler, the records."""
 
@@ -303,12 +342,25 @@ class _Swarm:
         self._n_records = math.ceil(scenario.duration)  # one per second of show time
         self._recorded = 0
         self._drain_s = 0.0
+        self._conn_min = 0  # lowest ``connections`` seen in the current second
+        faults = [(f.at, i, f) for i, f in enumerate(scenario.faults) if f.kind == "drop_viewers"]
+        self._faults: deque[tuple[float, int, Fault]] = deque(
+            sorted(faults, key=lambda item: (item[0], item[1]))
+        )
+        self._drops: list[_Drop] = []  # carried out, in order
+        self._recovering: list[_Drop] = []  # carried out, not yet recovered
 
     # --- Host (called by viewers) -----------------------------------------------------
 
     def joined(self, viewer: Viewer, first: bool) -> None:
         if first and viewer.watch > 0:
             self._push(self.loop.time() + viewer.watch, _LEAVE, viewer)
+        if self._recovering:
+            connections = self.tally.connections
+            now = self.loop.time()
+            for drop in [d for d in self._recovering if connections >= d.connected]:
+                drop.recovered_s = now - drop.fired
+                self._recovering.remove(drop)
 
     def ended(self, viewer: Viewer) -> None:
         if viewer.leaving or self.over:
@@ -352,6 +404,25 @@ class _Swarm:
     def _retire(self, viewer: Viewer) -> None:
         viewer.state = DONE
         self._alive.discard(viewer)
+
+    def _drop_viewers(self, index: int, fault: Fault) -> None:
+        """Carry out ``drop_viewers`` fault ``index``: cut a ``fault.share`` of the live
+        viewers at once (they reconnect and resume: see :meth:`ended`)."""
+        live = sorted((v for v in self._alive if v.state == LIVE and not v.leaving), key=_k)
+        n = min(len(live), math.floor(fault.share * len(live) + 0.5))
+        chosen = self.full.rng("drop", index, self.slice_index).sample(live, n)
+        dropped = sum(viewer.drop() for viewer in chosen)
+        drop = _Drop(index, fault.at, len(live), dropped, self.loop.time())
+        self._drops.append(drop)
+        if drop.recovered_s is None:
+            self._recovering.append(drop)
+        if self.progress:
+            print(
+                f"swarm {self.slice_index}/{self.slice_count} t={fault.at:g}s "
+                f"drop_viewers: dropped {dropped} of {len(live)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _due(self, now: float) -> None:
         heap = self._heap
@@ -491,12 +562,17 @@ class _Swarm:
             if now >= self.end:
                 break
             elapsed = now - self.t0
+            self._records_until(elapsed)  # the seconds complete before this tick's work
             while launched < peak and scenario.join_time(launched) <= elapsed:
                 self._spawn(launched)
                 launched += 1
             self._due(now)
+            faults = self._faults
+            while faults and faults[0][0] <= elapsed:
+                _, index, fault = faults.popleft()
+                self._drop_viewers(index, fault)
             self._start_connects()
-            self._records_until(elapsed)
+            self._conn_min = min(self._conn_min, self.tally.connections)
             await asyncio.sleep(max(0.0, min(TICK, self.end - now)))
         self.over = True
         self._records_until(math.inf)
@@ -558,7 +634,10 @@ class _Swarm:
             "lat_hist": _hist(lat),
             "cpu_s": round(cpu_s, 4),
             "sampled_events": diff["sampled_events"],
+            "dropped": diff["dropped"],
+            "connections_min": min(self._conn_min, tally.connections),
         }
+        self._conn_min = tally.connections
         self._write(record)
         if self.progress:
             p99 = hist_percentile(_hist(lat), 99)
@@ -600,6 +679,8 @@ class _Swarm:
             "errors": dict(sorted(tally.errors.items())),
             "max_connections": self.max_sockets,
             "drain_s": round(self._drain_s, 3),
+            "dropped": tally.dropped,
+            "drops": [drop.as_record() for drop in self._drops],
         }
         self._write(summary)
         return summary
@@ -608,6 +689,10 @@ class _Swarm:
         if self.out is not None:
             self.out.write(orjson.dumps(record) + b"\n")
             self.out.flush()
+
+
+def _k(viewer: Viewer) -> int:
+    return viewer.k
 
 
 def _error_name(exc: BaseException) -> str:

@@ -27,6 +27,9 @@ Guarantees:
 - Pings are answered; a close frame from the server is echoed and the server's EOF
   awaited (the swarm aborts it after a deadline). Client frames are masked with the
   all-zero key (valid per RFC 6455, free to apply).
+- A viewer dropped by a fault (:meth:`Viewer.drop`) loses its connection without a close
+  frame, as in a network cut; it is counted in ``dropped`` (not as a close) and then
+  reconnects and resumes like any viewer whose connection was lost.
 - Counters are cumulative, in one :class:`Tally` per process shared by all viewers; the
   swarm turns them into per-second records. The latency histogram merges exactly across
   seconds and processes (:func:`merge_hist`, :func:`hist_percentile`).
@@ -233,6 +236,7 @@ class Tally:
         "dups",
         "resyncs",
         "sampled_events",
+        "dropped",
     )
     """The counters a per-second record reports as differences."""
 
@@ -241,6 +245,7 @@ class Tally:
         "closes",
         "connect_failures",
         "connections",
+        "dropped",
         "dups",
         "errors",
         "events",
@@ -266,6 +271,7 @@ class Tally:
         self.joins = 0  # viewers that got their first ``joined``
         self.leaves = 0  # viewers that left at the end of their watch time (churn)
         self.reconnects = 0  # connections re-established (resume ``joined``) after a loss
+        self.dropped = 0  # live connections cut by a ``drop_viewers`` fault (they reconnect)
         self.connect_failures = 0  # attempts that ended before ``joined``
         self.frames = 0  # data frames received
         self.events = 0  # offset-carrying events received (batches, resumed ``recent``)
@@ -631,6 +637,17 @@ class Viewer(asyncio.Protocol):
             self.host.check_later(self, 2.0)
         elif self.state != CLOSING:
             self.abort()
+
+    def drop(self) -> bool:
+        """Cut a live connection as a network failure would: no close frame, the socket
+        reset at once (:meth:`abort`). The viewer is not leaving, so :meth:`Host.ended`
+        follows and it reconnects with backoff and resumes from its offset. Returns whether
+        it was live (only a live connection is dropped)."""
+        if self.state != LIVE or self.leaving or self.transport is None:
+            return False
+        self.tally.dropped += 1
+        self.abort()
+        return True
 
     def abort(self) -> None:
         """Drop the connection at once (RST, no TIME_WAIT); :meth:`connection_lost` follows."""

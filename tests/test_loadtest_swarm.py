@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from loadtest.swarm import DRAIN, LAT_BUCKETS, hist_percentile, merge_hist
 from loadtest.swarm_conn import LIVE, Tally, Viewer, Wire, lat_index
 from protocol import (
     MSGPACK,
+    Ack,
     Comment,
     Joined,
     Likes,
@@ -51,11 +52,21 @@ EXIT_SLACK = 1.5  # interpreter exit after the run's bound
 # --- helpers -----------------------------------------------------------------------------
 
 
-def write_scenario(tmp_path: Path, name: str, duration: float, **viewers: float) -> Path:
+def write_scenario(
+    tmp_path: Path,
+    name: str,
+    duration: float,
+    *,
+    faults: Sequence[tuple[float, str, float]] = (),
+    **viewers: float,
+) -> Path:
+    """A scenario file: ``viewers`` settings, and ``faults`` as ``(at, kind, share)``."""
     path = tmp_path / f"{name}.toml"
     lines = [f'name = "{name}"', f'room = "{ROOM}"', f"duration = {duration}", "seed = 5"]
     lines.append("[viewers]")
     lines += [f"{key} = {value}" for key, value in viewers.items()]
+    for at, kind, share in faults:
+        lines += ["[[faults]]", f"at = {at}", f'kind = "{kind}"', f"share = {share}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -298,6 +309,57 @@ async def test_viewers_closed_by_a_restart_reconnect_and_resume(
     assert summary["events"] == 5 * 30
     assert summary["sampled_events"] == 5 * summary["sampled"]
     assert summary["peak_connections"] == 30
+
+
+@bounded(25)
+async def test_dropped_viewers_reconnect_in_a_storm_and_resume_without_loss(
+    tmp_path: Path, engine: Engine, launch: Launch
+) -> None:
+    duration = 4.0
+    scenario = write_scenario(
+        tmp_path,
+        "storm",
+        duration,
+        faults=[(1.5, "drop_viewers", 0.5), (2.5, "kill_worker", 0.3)],  # the 2nd: runner's
+        peak=60,
+        join_rate=120.0,
+        sampled=0.5,
+    )
+    async with watcher(engine, "commenter") as peer:
+        run = launch(scenario, url_of(engine))
+        await wait_viewers(peer, 61, timeout=START_IN + 2.0)  # 60 viewers and the commenter
+        comments = 0
+        while time.time() < run.start_at + duration - 0.5:  # 4/s, through the storm
+            expect(await peer.comment(ROOM, f"comment {comments}"), Ack)
+            comments += 1
+            await asyncio.sleep(0.25)
+        assert await run.wait(duration + DRAIN + 5) == 0, run.stderr()
+    assert_on_time(run, duration)
+    assert_one_record_per_second(run, duration)
+    seconds, summary = run.seconds(), run.summary()
+    assert comments >= 8
+
+    # Half of the 60 live viewers cut at 1.5 s, in that second's record only.
+    assert [r["dropped"] for r in seconds] == [0, 30, 0, 0] and summary["dropped"] == 30
+    assert seconds[0]["connections"] == 60
+    assert seconds[1]["connections_min"] == 30  # the dip right after the cut
+    [drop] = summary["drops"]
+    assert drop["fault"] == 0 and drop["at"] == 1.5
+    assert (drop["connected"], drop["dropped"]) == (60, 30)
+    # Backoff 0.25..0.5 s, then connect and resume: back to 60 well within 2 s.
+    assert drop["recovered_s"] is not None and drop["recovered_s"] < 2.0
+    assert seconds[2]["connections"] == seconds[3]["connections"] == 60
+    assert seconds[3]["connections_min"] == 60
+    # The same viewers came back: reconnects, not joins; no close frame from the server.
+    assert summary["reconnects"] == 30 == sum(r["reconnects"] for r in seconds)
+    assert summary["joins"] == 60 == summary["viewers_total"]
+    assert summary["closes"] == {} and summary["connect_failures"] == 0
+    # Every resume got the comments missed while away: none lost, none twice, no resync.
+    assert (summary["lost"], summary["dups"], summary["resyncs"]) == (0, 0, 0)
+    assert summary["events"] == comments * 60
+    assert summary["sampled_events"] == comments * summary["sampled"]
+    assert summary["peak_connections"] == 60
+    assert "drop_viewers: dropped 30 of 60" in run.stderr()
 
 
 @bounded(25)
