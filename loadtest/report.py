@@ -82,14 +82,17 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fp))
 
 
+_COUNTS = ("connections", "connections_min", "events", "sampled_events", "frames", "bytes",
+           "lost", "dups", "resyncs", "reconnects", "dropped")  # fmt: skip
+"""Per-second swarm figures that add up over slices (connections_min: a lower bound)."""
+
+
 def build_report(out: Path, scenario: Scenario) -> Report:
     """Read a run's output directory; see the module docstring."""
     report = Report(scenario.name)
     per_second: dict[int, dict[str, Any]] = defaultdict(
-        lambda: {"connections": 0, "connections_min": 0, "events": 0, "sampled_events": 0, "frames": 0, "bytes": 0,
-                 "lost": 0, "dups": 0, "resyncs": 0, "reconnects": 0, "dropped": 0, "hist": {},
-                 "cpu_s": 0.0}
-    )  # fmt: skip
+        lambda: {**dict.fromkeys(_COUNTS, 0), "hist": {}, "cpu_s": 0.0}
+    )
     summaries = []
     whole: dict[str, int] = {}
     for record in _jsonl(sorted(out.glob("swarm-*.jsonl"))):
@@ -99,8 +102,7 @@ def build_report(out: Path, scenario: Scenario) -> Report:
         if record.get("kind") != "swarm":
             continue
         row = per_second[int(record["t"])]
-        for key in ("connections", "connections_min", "events", "sampled_events", "frames", "bytes", "lost",
-                    "dups", "resyncs", "reconnects", "dropped"):  # fmt: skip
+        for key in _COUNTS:
             row[key] += int(record.get(key, 0))
         row["cpu_s"] += float(record.get("cpu_s", 0.0))
         hist = record.get("lat_hist", {})
