@@ -148,6 +148,21 @@ class LocalDeployment:
             return []
         return [int(x) for x in text.split()]
 
+    def usage(self) -> dict[str, float]:
+        """The live workers' CPU seconds and resident memory (KB), summed, from /proc."""
+        cpu, rss = 0.0, 0
+        ticks = os.sysconf("SC_CLK_TCK")
+        for pid in self.worker_pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            cpu += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+            rss += next(int(line.split()[1]) for line in status.splitlines()
+                        if line.startswith("VmRSS:"))  # fmt: skip
+        return {"workers": len(self.worker_pids()), "cpu_s": round(cpu, 2), "rss_kb": rss}
+
     def kill_worker(self) -> str:
         """SIGKILL one engine worker (the first); its supervisor restarts it."""
         pids = self.worker_pids()

@@ -144,6 +144,7 @@ def build_report(out: Path, scenario: Scenario) -> Report:
         "swarm_rss_kb": sum(int(s.get("rss_kb", 0)) for s in summaries),
         "buy_answers": dict(Counter(str(a.get("status")) for a in answers)),
     }
+    report.totals.update(_costs(report.totals, out / "engine.json"))
     report.locust = [
         row for row in _csv(out / "locust_stats.csv") if row.get("Name") != "Aggregated"
     ]
@@ -156,6 +157,27 @@ def build_report(out: Path, scenario: Scenario) -> Report:
     report.faults = _recoveries(report, scenario)
     report.verdicts = _verdicts(report, scenario)
     return report
+
+
+def _costs(totals: dict[str, Any], engine_path: Path) -> dict[str, Any]:
+    """What a viewer and an event cost the swarm, and (with ``--deploy``) the engine.
+
+    Per connection: resident memory over the peak of connections; per event: CPU over the
+    events the viewers received. The engine's figures cover its whole process (its
+    interpreter included) and every viewer and Locust user it served.
+    """
+    peak, events = int(totals["peak_connections"]), int(totals["events"])
+    out: dict[str, Any] = {}
+    if peak and events:
+        out["swarm_kb_per_connection"] = round(totals["swarm_rss_kb"] / peak, 2)
+        out["swarm_cpu_us_per_event"] = round(totals["swarm_cpu_s"] / events * 1e6, 3)
+        if engine_path.exists():
+            engine = json.loads(engine_path.read_text(encoding="utf-8"))
+            out["engine_workers"] = engine["workers"]
+            out["engine_cpu_s"] = engine["cpu_s"]
+            out["engine_kb_per_viewer"] = round(engine["rss_kb"] / peak, 2)
+            out["engine_cpu_us_per_event"] = round(engine["cpu_s"] / events * 1e6, 3)
+    return out
 
 
 def _recoveries(report: Report, scenario: Scenario) -> list[dict[str, Any]]:

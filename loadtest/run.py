@@ -220,6 +220,8 @@ async def run(
         waits = [asyncio.create_task(p.wait()) for p in procs]
         await asyncio.wait(waits, timeout=max(1.0, deadline - time.time()))
         await host
+        if deployment is not None:  # the engine's cost, beside the load tools' own
+            (out / "engine.json").write_text(json.dumps(deployment.usage()) + "\n")
     finally:
         for proc in procs:
             if proc.returncode is None:

@@ -659,6 +659,8 @@ class Viewer(asyncio.Protocol):
         self.state = CLOSING  # dropped by us: not counted as a close without a frame
         sock = tr.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
+            # ValueError: uvloop's socket of a transport whose descriptor is already closed
+            # (a connection cancelled mid-handshake at the end of the run).
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         tr.abort()

@@ -110,5 +110,8 @@ def test_a_deployed_run_survives_redis_killed_during_the_sale(tmp_path: Path) ->
     sale = report["sale"]  # buyers retried through the outage; the store kept every sale
     assert sale["problems"] == [] and sale["oversold"] == 0
     assert sale["sold"] == 8 and sale["answers"].get("ok") == 8
+    totals = report["totals"]  # what a viewer and an event cost the swarm and the engine
+    assert totals["engine_workers"] == 2 and totals["engine_cpu_us_per_event"] > 0
+    assert totals["swarm_kb_per_connection"] > 0 and totals["swarm_cpu_us_per_event"] > 0
     deploy = tmp_path / "out" / "deploy"
     assert (deploy / "appendonlydir").is_dir() and (deploy / "engine.log").exists()
