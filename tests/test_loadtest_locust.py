@@ -307,11 +307,12 @@ async def test_master_and_two_workers_run_exactly_the_cast_between_them(
 
 
 # --- a buyer's retries, against a stand-in server that loses answers -------------------
+# (the show lasts past the press (1.2 s) plus the retries' backoff: 1 s, then 2 s)
 
 RETRY_SCENARIO = """\
 name = "retry"
 room = "retry-room"
-duration = 3.5
+duration = 6.0
 seed = 5
 
 [viewers]
