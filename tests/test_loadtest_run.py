@@ -115,3 +115,19 @@ def test_a_deployed_run_survives_redis_killed_during_the_sale(tmp_path: Path) ->
     assert totals["swarm_kb_per_connection"] > 0 and totals["swarm_cpu_us_per_event"] > 0
     deploy = tmp_path / "out" / "deploy"
     assert (deploy / "appendonlydir").is_dir() and (deploy / "engine.log").exists()
+
+
+def test_a_distributed_run_splits_the_viewers_and_the_cast(engine: Engine, tmp_path: Path) -> None:
+    """Two swarm slices and a Locust master with two workers, one start time: the same
+    show as one process each (every viewer, every buyer, one answer each)."""
+    done = run(engine, "smoke", tmp_path, "--swarms", "2", "--locust-workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["totals"]["peak_connections"] == 200  # 100 + 100 over two slices
+    assert report["totals"]["buy_answers"] == {"ok": 20, "sold_out": 10}
+    assert report["sale"]["problems"] == [] and report["sale"]["buyers"] == 30
+    assert sorted(p.name for p in tmp_path.glob("swarm-*.jsonl")) == [
+        "swarm-0.jsonl",
+        "swarm-1.jsonl",
+    ]
+    assert len(list(tmp_path.glob("buys*.jsonl"))) == 2  # one file per Locust worker
