@@ -32,6 +32,7 @@ from typing import Any, cast
 import msgpack
 
 from bench.rawws import SUBPROTOCOL, OpenResult, client_frame, open_all, upgrade_request
+from loadtest.swarm_conn import array_count  # the swarm counts batch events the same way
 from protocol import MSGPACK
 
 __all__ = [
@@ -56,18 +57,6 @@ _TEXT_LEN = 64
 _FILLER = "great deal on the red jacket, buy two get one free! " * 2
 
 VIEWER, SAMPLED, COMMENTER = 0, 1, 2
-
-
-def _batch_count(data: bytes, at: int) -> int:
-    """Event count of a msgpack array header at ``data[at]``."""
-    a = data[at]
-    if a & 0xF0 == 0x90:
-        return a & 0x0F
-    if a == 0xDC:
-        return (data[at + 1] << 8) | data[at + 2]
-    if a == 0xDD:
-        return int.from_bytes(data[at + 1 : at + 5], "big")
-    return 0
 
 
 class Sink:
@@ -214,7 +203,7 @@ class BenchConn(asyncio.Protocol):
                         break  # the array header is in the next read
                     start = pos + hl
                     if data.startswith(BATCH_PREFIX, start):
-                        events += _batch_count(data, start + _PLEN)
+                        events += array_count(data, start + _PLEN)
                     elif self.kind == COMMENTER:
                         if avail < hl + ln:
                             break  # an answer is decoded whole: wait for all of it
@@ -331,7 +320,7 @@ class BenchConn(asyncio.Protocol):
         if payload.startswith(BATCH_PREFIX):
             every = self.sink.decode_every
             if self.kind != SAMPLED or (every > 1 and self.frames % every):
-                self.events += _batch_count(payload, _PLEN)
+                self.events += array_count(payload, _PLEN)
                 self.last_off = -1 if self.kind == SAMPLED else self.last_off
                 return
             self._batch(msgpack.unpackb(payload, raw=False)["ev"])

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from loadtest.swarm_conn import client_frame  # one masking client framer for bench and swarm
 from protocol import MSGPACK
 
 __all__ = ["SUBPROTOCOL", "ZERO_MASK", "OpenResult", "client_frame", "open_all", "upgrade_request"]
@@ -21,18 +22,6 @@ __all__ = ["SUBPROTOCOL", "ZERO_MASK", "OpenResult", "client_frame", "open_all",
 SUBPROTOCOL = MSGPACK.subprotocol
 ZERO_MASK = b"\x00\x00\x00\x00"
 _KEY = base64.b64encode(os.urandom(16)).decode()
-
-
-def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
-    """A final client frame (masked with a zero key, so the payload goes as is)."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 0x10000:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    return head + ZERO_MASK + payload
 
 
 def upgrade_request(host: str, port: int, token: str | None) -> bytes:

@@ -70,6 +70,7 @@ __all__ = [
     "Tally",
     "Viewer",
     "Wire",
+    "array_count",
     "client_frame",
     "hist_percentile",
     "lat_index",
@@ -167,7 +168,7 @@ def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
     return head + _ZERO_MASK + payload
 
 
-def _array_count(data: bytes | bytearray, at: int) -> int:
+def array_count(data: bytes | bytearray, at: int) -> int:
     """Item count of the msgpack array header at ``data[at]`` (0 if it is not one)."""
     a = data[at]
     if a & 0xF0 == 0x90:
@@ -474,7 +475,7 @@ class Viewer(asyncio.Protocol):
             if op == 0x2:
                 frames += 1
                 if fast and data.startswith(prefix, start) and ln > plen:
-                    count = _array_count(data, start + plen)
+                    count = array_count(data, start + plen)
                     if count:
                         count -= (
                             data.count(p1, start, end)
