@@ -133,6 +133,7 @@ class RoomsConfig:
     join_burst: int = 10
     empty_room_ttl: float = 60.0  # seconds an empty room (with history) is kept
     max_rooms: int = 10000  # rooms one node holds at once; joins that would add more are refused
+    trace_dir: str = ""  # record viewer actions (pseudonymised) here for load-test replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,6 +500,8 @@ def validate_config(config: Config) -> None:
     _check_int("rooms.max_likes_per_message", r.max_likes_per_message, 1, 100)
     _check_float("rooms.empty_room_ttl", r.empty_room_ttl, allow_zero=True)
     _check_int("rooms.max_rooms", r.max_rooms, 1)
+    if r.trace_dir and not os.path.isdir(r.trace_dir):
+        raise ConfigError(f"rooms.trace_dir: not a directory: {r.trace_dir!r}")
 
     v = config.service
     if not v.host:

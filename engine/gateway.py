@@ -64,6 +64,7 @@ from engine.limits import ConnectionGuard
 from engine.relay import Relay
 from engine.room import UNSTAMPED, Hub, Room, RoomsFull
 from engine.sales import SaleDesk
+from engine.trace import TraceRecorder
 from engine.wsframe import data_frame
 from protocol import (
     CODECS,
@@ -192,6 +193,7 @@ class Gateway:
         self.hub = hub
         self.desk = desk
         self.relay: Relay | None = None  # shared rooms (broker.backend redis), set by the server
+        self.trace: TraceRecorder | None = None  # rooms.trace_dir: viewer actions recorded
         self.connections: dict[Connection, None] = {}
         self.accepted_total = 0
         self.closed_by_code: dict[int, int] = {}
@@ -689,6 +691,7 @@ class Connection(asyncio.Protocol):
         result = room.join(self, offset=msg.offset, epoch=msg.epoch, rid=msg.rid)
         self.rooms[msg.room] = room
         self._send_payload(result.payload(self.codec))
+        self._trace(msg.room, "join")
 
     def _on_leave(self, msg: Leave) -> None:
         rooms = self.gateway.config.rooms
@@ -700,6 +703,7 @@ class Connection(asyncio.Protocol):
             return
         room.leave(self)
         self.send(Left(room=msg.room, rid=msg.rid))
+        self._trace(msg.room, "leave")
 
     def _writable_room(self, room_name: str, rid: str | int | None) -> Room | None:
         room = self.rooms.get(room_name)
@@ -738,6 +742,7 @@ class Connection(asyncio.Protocol):
             self._comment_due = due
             claims = self.claims
             assert claims is not None
+            self._trace(room.name, "comment", len=len(text))
             relay = self.gateway.relay
             if relay is None:
                 offset = room.publish_comment(user_id=claims.user_id, name=claims.name, text=text)
@@ -786,6 +791,7 @@ class Connection(asyncio.Protocol):
             return
         claims = self.claims
         assert claims is not None
+        self._trace(room.name, "buy", sale=msg.sale, qty=msg.qty)
         desk.buy(
             room,
             user_id=claims.user_id,
@@ -809,6 +815,7 @@ class Connection(asyncio.Protocol):
             self._refuse(ErrorCode.UNAVAILABLE, _UNAVAILABLE, msg.rid)
             return
         room.add_likes(min(msg.count, rooms.max_likes_per_message))
+        self._trace(room.name, "like", n=min(msg.count, rooms.max_likes_per_message))
         if msg.rid is not None:
             self._ack(msg.rid)
 
@@ -816,4 +823,11 @@ class Connection(asyncio.Protocol):
         if self.rooms:
             for room in self.rooms.values():
                 room.leave(self)
+                self._trace(room.name, "leave")
             self.rooms.clear()
+
+    def _trace(self, room: str, action: str, **fields: str | int) -> None:
+        """Record an accepted action when the node records traces (``rooms.trace_dir``)."""
+        trace = self.gateway.trace
+        if trace is not None and self.claims is not None:
+            trace.record(room, self.claims.user_id, action, **fields)

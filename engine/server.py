@@ -40,6 +40,7 @@ from engine.sales import SaleDesk
 from engine.service import ServiceRunner, start_service
 from engine.stock import MemoryStockStore, StockError, StockStore
 from engine.stock import connect as connect_redis_store
+from engine.trace import TraceRecorder
 from protocol import CloseCode
 
 __all__ = ["LiveroomServer", "connection_guard", "limits_line", "run"]
@@ -165,6 +166,10 @@ class LiveroomServer:
         if learnt:
             log.info("learnt %d recent sales from the stock store", learnt)
         self.gateway = Gateway(self.config, self.hub, self.desk)
+        if rooms.trace_dir:
+            self.gateway.trace = TraceRecorder(
+                rooms.trace_dir, node_id(self.config), self.config.auth.secret
+            )
         self.broker = await _open_broker(self.config)
         if self.broker is not None:
             self.relay = Relay(
@@ -231,6 +236,8 @@ class LiveroomServer:
                 except Exception:  # a bug must not stop the node's conflation ticks
                     log.exception("shared-room tick failed")
             self.hub.tick()
+            if self.gateway is not None and self.gateway.trace is not None:
+                self.gateway.trace.flush()
 
     async def close(self) -> None:
         """Stop accepting, close every connection with 1001, wait, abort stragglers."""
@@ -253,6 +260,9 @@ class LiveroomServer:
         self._stopping.set()
         await self._runner
         self.hub.close()
+        if self.gateway.trace is not None:
+            self.gateway.trace.flush()
+            self.gateway.trace.close()
         if self.relay is not None:
             await self.relay.close()
         if self.broker is not None:

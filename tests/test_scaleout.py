@@ -248,6 +248,10 @@ async def _pin_and_sale_reach_other_nodes(engines: Sequence[Engine], room: str) 
     answer = expect(await on_b.call(Buy(room=room, sale=sale, qty=2, rid="b1")), BuyResult)
     assert answer.status == "ok" and answer.remaining == 3
     await conflated(on_a, Stock(sale_id=sale, remaining=3))
+    # The "someone bought" event is published after the answer; once B's viewer has it,
+    # B's room holds it for late joiners too.
+    bought = await next_offset_event(on_b)
+    assert isinstance(bought, Purchase) and bought.qty == 2
     # Late joiners on B (which never saw the pin happen) get both in their snapshot.
     late_b, joined_b = await viewer(b, "late-b", room)
     assert joined_b.pin is not None and joined_b.pin.title == "保温杯 500ml"
