@@ -8,35 +8,23 @@ frames, and opening many connections with bounded concurrency and time.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from loadtest.swarm_conn import client_frame  # one masking client framer for bench and swarm
+from loadtest.swarm_conn import upgrade_request as swarm_upgrade_request
 from protocol import MSGPACK
 
 __all__ = ["SUBPROTOCOL", "ZERO_MASK", "OpenResult", "client_frame", "open_all", "upgrade_request"]
 
 SUBPROTOCOL = MSGPACK.subprotocol
 ZERO_MASK = b"\x00\x00\x00\x00"
-_KEY = base64.b64encode(os.urandom(16)).decode()
 
 
 def upgrade_request(host: str, port: int, token: str | None) -> bytes:
     """The HTTP upgrade request for the msgpack subprotocol, token in the query string."""
-    path = f"/?token={token}" if token else "/"
-    return (
-        f"GET {path} HTTP/1.1\r\n"
-        f"Host: {host}:{port}\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {_KEY}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-        "\r\n"
-    ).encode()
+    return swarm_upgrade_request(f"{host}:{port}", token)
 
 
 @dataclass(frozen=True, slots=True)

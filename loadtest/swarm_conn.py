@@ -168,6 +168,23 @@ def client_frame(payload: bytes, opcode: int = 0x2) -> bytes:
     return head + _ZERO_MASK + payload
 
 
+def upgrade_request(authority: str, token: str | None, path: str = "/") -> bytes:
+    """The HTTP upgrade request for the msgpack subprotocol (``authority``: "host:port"),
+    the token, if any, in the query string."""
+    if token:
+        path = f"{path}{'&' if '?' in path else '?'}token={token}"
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {authority}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {_KEY}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: {MSGPACK.subprotocol}\r\n"
+        "\r\n"
+    ).encode()
+
+
 def array_count(data: bytes | bytearray, at: int) -> int:
     """Item count of the msgpack array header at ``data[at]`` (0 if it is not one)."""
     a = data[at]
@@ -196,17 +213,7 @@ class Wire:
 
     def upgrade_request(self, token: str) -> bytes:
         """The HTTP upgrade for the msgpack subprotocol, the token in the query string."""
-        sep = "&" if "?" in self.path else "?"
-        return (
-            f"GET {self.path}{sep}token={token} HTTP/1.1\r\n"
-            f"Host: {self.authority}\r\n"
-            "Upgrade: websocket\r\n"
-            "Connection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {_KEY}\r\n"
-            "Sec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: {MSGPACK.subprotocol}\r\n"
-            "\r\n"
-        ).encode()
+        return upgrade_request(self.authority, token, self.path)
 
     def join(self, rid: int, offset: int | None, epoch: str | None) -> bytes:
         """A ``join`` frame: fresh, or resuming from ``offset`` in ``epoch``."""
