@@ -639,12 +639,7 @@ class Connection(asyncio.Protocol):
                 msg.rid,
             )
             return
-        room = self.rooms.pop(msg.room, None)
-        if room is not None:
-            room.leave(self)  # a second join restarts the subscription
-        elif len(self.rooms) >= rooms.max_rooms_per_connection:
-            limit = rooms.max_rooms_per_connection
-            self._refuse(ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms per connection", msg.rid)
+        if not self._make_room_for(msg):
             return
         try:
             room = hub.room(msg.room)
@@ -674,16 +669,21 @@ class Connection(asyncio.Protocol):
                 msg.rid,
             )
             return
-        if msg.room not in self.rooms:
-            limit = self.gateway.config.rooms.max_rooms_per_connection
-            if len(self.rooms) >= limit:
-                self._refuse(
-                    ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms per connection", msg.rid
-                )
-                return
-        else:
-            self.rooms.pop(msg.room).leave(self)
-        self._join(room, msg)
+        if self._make_room_for(msg):  # again: the connection may have joined meanwhile
+            self._join(room, msg)
+
+    def _make_room_for(self, msg: Join) -> bool:
+        """Leave ``msg.room`` if joined (a second join restarts the subscription), else
+        check the rooms-per-connection limit; False after refusing the join."""
+        room = self.rooms.pop(msg.room, None)
+        if room is not None:
+            room.leave(self)
+            return True
+        limit = self.gateway.config.rooms.max_rooms_per_connection
+        if len(self.rooms) >= limit:
+            self._refuse(ErrorCode.TOO_MANY_ROOMS, f"at most {limit} rooms per connection", msg.rid)
+            return False
+        return True
 
     def _join(self, room: Room, msg: Join) -> None:
         if self.gateway.desk is not None:

@@ -327,7 +327,10 @@ class Relay:
     def _close_link(self, link: _Link) -> None:
         name = link.room.name
         del self._links[name]
-        self._closing[name] = self._spawn(link.feed.close())
+        task = self._closing[name] = self._spawn(link.feed.close())
+        task.add_done_callback(
+            lambda _: self._closing.pop(name, None) if self._closing.get(name) is task else None
+        )
 
     def _deliver(self, room: Room, publication: Publication) -> None:
         try:
@@ -398,9 +401,6 @@ class Relay:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        for name, closing in list(self._closing.items()):
-            if closing is task:
-                del self._closing[name]
         if not task.cancelled() and task.exception() is not None:
             log.error("relay task failed", exc_info=task.exception())
 

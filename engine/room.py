@@ -277,6 +277,11 @@ class Room:
         return sum(sl.size for sl in self.slices)
 
     @property
+    def viewer_count(self) -> int:
+        """The room's viewers as shown to clients: over every node when shared."""
+        return self.viewers if self.viewer_total is None else self.viewer_total
+
+    @property
     def flushed_offset(self) -> int:
         """The newest offset that every subscriber has been sent."""
         return min((sl.sent for sl in self.slices), default=self.offset)
@@ -314,11 +319,15 @@ class Room:
             else:
                 resync = True
         entries = tuple(itertools.islice(self.history, start, end))
-        joined = Joined(
+        return JoinResult(self._joined(sent, resync, rid), entries)
+
+    def _joined(self, offset: int, resync: bool, rid: str | int | None) -> Joined:
+        """A ``joined`` answer as of ``offset`` (its events travel pre-encoded)."""
+        return Joined(
             room=self.name,
             epoch=self.epoch,
-            offset=sent,
-            viewers=self.viewers if self.viewer_total is None else self.viewer_total,
+            offset=offset,
+            viewers=self.viewer_count,
             likes=self.likes,
             resync=resync,
             recent=(),
@@ -326,7 +335,6 @@ class Room:
             sale=self.sale,
             rid=rid,
         )
-        return JoinResult(joined, entries)
 
     def leave(self, sub: Subscriber) -> None:
         for i, sl in enumerate(self.slices):
@@ -366,6 +374,11 @@ class Room:
         """
         offset = self.offset + 1
         return self._append(offset, build(offset, int(time.time() * 1000)))
+
+    def publish_event(self, event: RoomEvent) -> int:
+        """Append ``event`` (made with offset 0, see :func:`stamp`) at the room's next
+        offset; return that offset."""
+        return self.publish(lambda off, _ts: stamp(event, self.epoch, off))
 
     def publish_comment(self, *, user_id: str, name: str, text: str) -> int:
         """Append a comment to the room and schedule its delivery; return its offset."""
@@ -407,20 +420,7 @@ class Room:
         entries = tuple(
             itertools.islice(self.history, max(0, len(self.history) - self.snapshot_size), None)
         )
-        result = JoinResult(
-            Joined(
-                room=self.name,
-                epoch=epoch,
-                offset=offset,
-                viewers=self.viewers if self.viewer_total is None else self.viewer_total,
-                likes=self.likes,
-                resync=True,
-                recent=(),
-                pin=self.pin,
-                sale=self.sale,
-            ),
-            entries,
-        )
+        result = JoinResult(self._joined(offset, True, None), entries)
         for sl in self.slices:
             for codec, subs in sl.subs.items():
                 frame = data_frame(result.payload(codec), binary=codec.binary)
@@ -457,7 +457,7 @@ class Room:
         if self.likes != self._sent_likes:
             self._sent_likes = self.likes
             self._conflated["likes"] = Likes(total=self.likes)
-        viewers = self.viewers if self.viewer_total is None else self.viewer_total
+        viewers = self.viewer_count
         if viewers != self._sent_viewers:
             self._sent_viewers = viewers
             self._conflated["viewers"] = Viewers(count=viewers)

@@ -45,7 +45,7 @@ from typing import Final
 
 from engine.config import StockConfig
 from engine.relay import Relay, decode_event, encode_event
-from engine.room import UNSTAMPED, Hub, Room, stamp
+from engine.room import UNSTAMPED, Hub, Room
 from engine.stock import (
     PurchaseRequest,
     PurchaseResult,
@@ -561,7 +561,7 @@ class SaleDesk:
             return
         room = self.hub.get(room_name)
         if room is not None:
-            room.publish(lambda off, _ts: stamp(event, room.epoch, off))
+            room.publish_event(event)
 
     async def pin(self, room_name: str, product: Product) -> None:
         """Pin ``product`` in the room.
@@ -576,7 +576,7 @@ class SaleDesk:
             return
         room = self.room(room_name)
         room.pin = self.pins[room_name] = product
-        room.publish(lambda off, _ts: stamp(event, room.epoch, off))
+        room.publish_event(event)
 
     async def unpin(self, room_name: str) -> bool:
         """Unpin the room's product; False when nothing was pinned."""
@@ -593,7 +593,7 @@ class SaleDesk:
         if product is None:
             return False
         room.pin = None
-        room.publish(lambda off, ts: Unpinned(product_id=product.id, ts=ts, offset=off))
+        room.publish_event(Unpinned(product_id=product.id, ts=_now(), offset=0))
         return True
 
     async def system_message(self, room_name: str, text: str) -> int:
@@ -603,19 +603,18 @@ class SaleDesk:
             offset = await self.relay.publish(room_name, event)
             assert offset is not None
             return offset
-        room = self.room(room_name)
-        return room.publish(lambda off, _ts: stamp(event, room.epoch, off))
+        return self.room(room_name).publish_event(event)
 
     async def open_sale(self, spec: SaleSpec) -> SaleState:
-        if self.relay is None:
-            room = self.room(spec.room)
+        room = self.room(spec.room) if self.relay is None else None  # local: held here
         state = await self.store.open_sale(spec)
         known = self._learn(state)
         event = SaleOpened(sale=known.info, ts=_now(), offset=0)
-        if self.relay is not None:
-            await self.relay.publish(spec.room, event, state={"sale": spec.sale_id.encode()})
+        if room is not None:
+            room.publish_event(event)
         else:
-            room.publish(lambda off, _ts: stamp(event, room.epoch, off))
+            assert self.relay is not None
+            await self.relay.publish(spec.room, event, state={"sale": spec.sale_id.encode()})
         return state
 
     # --- shared rooms: what other nodes did -------------------------------------------
