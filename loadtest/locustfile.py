@@ -94,6 +94,7 @@ from engine.auth import Claims, Role, mint_token  # noqa: E402
 from loadtest.locust_client import AnswerTimeout, ConnectionClosed, LiveroomConnection  # noqa: E402
 from loadtest.scenario import Scenario, ScenarioError, load_scenario  # noqa: E402
 from protocol import (  # noqa: E402
+    BUY_TRY_AGAIN,
     Ack,
     Buy,
     BuyResult,
@@ -138,8 +139,6 @@ RECONNECT_BACKOFF: Final = (0.5, 1.0, 2.0, 5.0)
 """Seconds before the 1st, 2nd, 3rd and later new attempts to connect after a failure."""
 CLAIM_TIMEOUT: Final = 10.0
 """Seconds a worker's user waits for the master to grant its cast index."""
-TRY_AGAIN: Final = "try again"
-"""The stable ``buy_result.msg`` of a store that could not be reached (SPEC §9.3)."""
 
 _CLAIM: Final = "liveroom:claim"  # worker -> master: {"seq": n}
 _GRANT: Final = "liveroom:grant"  # master -> worker: {"seq": n, "index": i}
@@ -423,7 +422,9 @@ class _Press:
 
 def _try_again(answer: ServerMessage) -> bool:
     """Whether a buy answer asks for a retry with the same rid (the store was unreachable)."""
-    return isinstance(answer, BuyResult) and answer.status == "error" and answer.msg == TRY_AGAIN
+    return (
+        isinstance(answer, BuyResult) and answer.status == "error" and answer.msg == BUY_TRY_AGAIN
+    )
 
 
 class LiveroomUser(User):

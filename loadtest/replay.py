@@ -1,7 +1,8 @@
 """Replay a recorded room trace against a server, scaled in viewers and in time.
 
 ``python -m loadtest.replay --trace ROOM.NODE.jsonl [--trace …] --room ROOM --url
-ws://127.0.0.1:8765/ --secret S [--viewers K] [--time F] [--out summary.json]``
+ws://127.0.0.1:8765/ --secret S [--viewers K] [--time F] [--start-at T] [--sale ID]
+[--buys-out buys.jsonl] [--out summary.json]``
 
 A trace is what a node records with ``rooms.trace_dir`` (:mod:`engine.trace`): one JSON
 line per viewer action (``t``, pseudonymous ``viewer``, ``action``: join, leave, comment
@@ -15,7 +16,12 @@ one show are merged by time.
   ``s / F`` seconds after the replay's start (``F = 2``: twice as fast).
 * Each played viewer is its own connection (:class:`engine.client.LiveroomClient`),
   opened at its first action, with a token for a user id made from its pseudonym; a
-  comment is replayed as a text of the recorded length; a Buy with a fresh request id.
+  comment is replayed as a text of the recorded length.
+* A Buy is pressed with a fresh request id, in the recorded sale or in ``--sale`` (a
+  rehearsal's own sale), and retried with the same id (up to :data:`BUY_RETRIES` times,
+  backing off from :data:`RETRY_BACKOFF` s) while its answer is lost or "try again"; its
+  final answer is appended to ``--buys-out`` in the load test's buys format
+  (:mod:`loadtest.reconcile` checks them against the store's orders).
 * Bounded: the replay ends by itself at the trace's last action (scaled) plus a grace,
   closes every connection, and writes a summary: actions played and refused per kind,
   connections, connect failures. Exit 0 when every connection opened, else 1.
@@ -41,11 +47,14 @@ from typing import Any
 
 from engine.auth import Claims, Role, mint_token
 from engine.client import CommandError, LiveroomClient
+from protocol import BUY_TRY_AGAIN, BuyResult
 
 __all__ = ["Action", "load_trace", "main", "replay", "select"]
 
 GRACE = 5.0  # seconds after the last action before the replay stops waiting
 COMMAND_TIMEOUT = 5.0
+BUY_RETRIES = 2
+RETRY_BACKOFF = 1.0  # seconds before a Buy's first retry; doubled for each next one
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +108,56 @@ def select(viewers: Sequence[str], scale: float) -> list[tuple[str, int]]:
 class _Tally:
     played: Counter[str] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
+    answers: Counter[str] = field(default_factory=Counter)  # final buy answers by status
+    buyers: set[str] = field(default_factory=set)  # users who pressed Buy
     connections: int = 0
     connect_failures: int = 0
+    buys_log: Path | None = None
+    start: float = 0.0
+
+    def answered(
+        self, user: str, rid: str, answer: BuyResult | CommandError | None, attempts: int, sale: str
+    ) -> None:
+        """Count a Buy's final answer (a refusal is ``refused``, none ``lost``) and append
+        it to the buys log."""
+        record: dict[str, Any] = {"user": user, "rid": rid, "status": "lost", "order": None,
+                                  "qty": None, "attempts": attempts, "sale": sale}  # fmt: skip
+        if isinstance(answer, BuyResult):
+            record.update(status=answer.status, order=answer.order, qty=answer.qty)
+        elif isinstance(answer, CommandError):
+            record.update(status="refused", msg=str(answer))
+        self.answers[record["status"]] += 1
+        if self.buys_log is not None:
+            record.update(t=round(time.time() - self.start, 3), replay=True)
+            with self.buys_log.open("a", encoding="utf-8") as fp:
+                fp.write(json.dumps(record) + "\n")
+
+
+async def _buy(
+    client: LiveroomClient, room: str, sale: str, qty: int, user: str, tally: _Tally
+) -> None:
+    """One press, retried with its request id while lost or "try again"; its final answer
+    goes to the tally (a refusal raises :class:`CommandError`, as any command's)."""
+    rid = f"r-{uuid.uuid4().hex}"
+    tally.buyers.add(user)
+    answer: BuyResult | None = None
+    attempts = 0
+    while attempts <= BUY_RETRIES:
+        if attempts:
+            await asyncio.sleep(RETRY_BACKOFF * 2 ** (attempts - 1))
+        attempts += 1
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                answer = await client.buy(room, sale, qty, rid=rid, retry=attempts > 1)
+        except TimeoutError:
+            answer = None
+            continue
+        except CommandError as exc:
+            tally.answered(user, rid, exc, attempts, sale)
+            raise
+        if not (answer.status == "error" and answer.msg == BUY_TRY_AGAIN):
+            break
+    tally.answered(user, rid, answer, attempts, sale)
 
 
 async def _play(
@@ -113,6 +170,7 @@ async def _play(
     secret: str,
     start: float,
     time_scale: float,
+    sale: str | None,
     tally: _Tally,
 ) -> None:
     user = f"r-{viewer}-{copy}"
@@ -135,7 +193,9 @@ async def _play(
             await asyncio.sleep(max(0.0, start + action.t / time_scale - time.time()))
             kind = action.action
             try:
-                async with asyncio.timeout(COMMAND_TIMEOUT):
+                # A Buy's retries take longer than one command's timeout.
+                limit = COMMAND_TIMEOUT * (1 + BUY_RETRIES) + RETRY_BACKOFF * 2**BUY_RETRIES
+                async with asyncio.timeout(limit if kind == "buy" else COMMAND_TIMEOUT):
                     if kind == "join":
                         await client.join(room)
                     elif kind == "leave":
@@ -145,8 +205,9 @@ async def _play(
                     elif kind == "like":
                         await client.like(room, max(1, int(action.fields.get("n", 1))))
                     elif kind == "buy":
-                        sale, qty = str(action.fields["sale"]), int(action.fields.get("qty", 1))
-                        await client.buy(room, sale, qty, rid=uuid.uuid4().hex)
+                        qty = int(action.fields.get("qty", 1))
+                        target = sale or str(action.fields["sale"])
+                        await _buy(client, room, target, qty, user, tally)
                     else:
                         tally.refused[f"unknown:{kind}"] += 1
                         continue
@@ -166,15 +227,18 @@ async def replay(
     secret: str,
     viewers: float = 1.0,
     time_scale: float = 1.0,
-    start_in: float = 1.0,
+    start_at: float | None = None,
+    sale: str | None = None,
+    buys_log: Path | None = None,
 ) -> dict[str, Any]:
-    """Play ``actions``; return the summary (see the module docstring)."""
+    """Play ``actions`` from ``start_at`` (a Unix time; default: in 1 s); return the
+    summary (see the module docstring)."""
     by_viewer: dict[str, list[Action]] = {}
     for action in actions:
         by_viewer.setdefault(action.viewer, []).append(action)
     chosen = select(sorted(by_viewer), viewers)
-    tally = _Tally()
-    start = time.time() + start_in
+    start = time.time() + 1.0 if start_at is None else start_at
+    tally = _Tally(buys_log=buys_log, start=start)
     last = actions[-1].t / time_scale if actions else 0.0
     tasks = [
         asyncio.create_task(
@@ -187,13 +251,15 @@ async def replay(
                 secret=secret,
                 start=start,
                 time_scale=time_scale,
+                sale=sale,
                 tally=tally,
             )
         )
         for v, copy in chosen
     ]
     if tasks:
-        _, late = await asyncio.wait(tasks, timeout=start_in + last + GRACE + COMMAND_TIMEOUT)
+        ends = start + last + GRACE + COMMAND_TIMEOUT * (1 + BUY_RETRIES) + 4 * RETRY_BACKOFF
+        _, late = await asyncio.wait(tasks, timeout=max(0.0, ends - time.time()))
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
@@ -206,6 +272,8 @@ async def replay(
         "connect_failures": tally.connect_failures,
         "played": dict(tally.played),
         "refused": dict(tally.refused),
+        "buyers": len(tally.buyers),
+        "buy_answers": dict(tally.answers),
     }
 
 
@@ -219,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--secret", default=os.environ.get("LIVEROOM_AUTH_SECRET", ""))
     parser.add_argument("--viewers", type=float, default=1.0, help="viewer scale (0.1, 2, …)")
     parser.add_argument("--time", type=float, default=1.0, help="speed (2: twice as fast)")
+    parser.add_argument("--start-at", type=float, help="Unix time of the first action")
+    parser.add_argument("--sale", help="press Buy in this sale instead of the recorded one")
+    parser.add_argument("--buys-out", type=Path, help="append every Buy's final answer here")
     parser.add_argument("--out", type=Path, help="write the summary (JSON) here")
     args = parser.parse_args(argv)
     if not args.secret:
@@ -238,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             secret=args.secret,
             viewers=args.viewers,
             time_scale=args.time,
+            start_at=args.start_at,
+            sale=args.sale,
+            buys_log=args.buys_out,
         )
     )
     text = json.dumps(summary, indent=1)

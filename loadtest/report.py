@@ -8,6 +8,8 @@
 * ``buys*.jsonl``: every buyer's final answer (:mod:`loadtest.locustfile`);
 * ``sale.json``: the sale's state and orders read from the service API after the run;
 * ``host.jsonl``: what the run's host did (pins, the sale, faults) and when;
+* ``replay.json``: what a scenario's recorded trace replay played (:mod:`loadtest.replay`;
+  its buyers' answers are in ``buys.replay.jsonl`` and reconciled with the others);
 
 and returns a :class:`Report`: one row per second of show time (connections, events/s,
 p50/p99/max delivery latency, events lost, resyncs, buy answers by kind), the whole run's
@@ -56,6 +58,7 @@ class Report:
     host: list[dict[str, Any]] = field(default_factory=list)
     sale: Reconciliation | None = None
     faults: list[dict[str, Any]] = field(default_factory=list)  # recovery from each fault
+    replay: dict[str, Any] | None = None  # the trace replay's summary
     verdicts: list[Verdict] = field(default_factory=list)
 
     @property
@@ -150,10 +153,14 @@ def build_report(out: Path, scenario: Scenario) -> Report:
     ]
     host_path = out / "host.jsonl"
     report.host = list(_jsonl([host_path])) if host_path.exists() else []
+    replay_path = out / "replay.json"
+    if scenario.trace is not None and replay_path.exists():
+        report.replay = json.loads(replay_path.read_text(encoding="utf-8"))
     sale_path = out / "sale.json"
     if scenario.sale is not None and sale_path.exists():
         sale = json.loads(sale_path.read_text(encoding="utf-8"))
-        report.sale = reconcile(sale["state"], sale["orders"], answers, buyers=scenario.sale.buyers)
+        buyers = scenario.sale.buyers + int((report.replay or {}).get("buyers", 0))
+        report.sale = reconcile(sale["state"], sale["orders"], answers, buyers=buyers)
     report.faults = _recoveries(report, scenario)
     report.verdicts = _verdicts(report, scenario)
     return report
@@ -256,6 +263,18 @@ def _verdicts(report: Report, scenario: Scenario) -> list[Verdict]:
             share <= slo.loss and sampled > 0,
         )
     )
+    if scenario.trace is not None:
+        replay, target = report.replay, "every replayed viewer connected"
+        if replay is None:
+            out.append(Verdict("replay", target, "no replay.json", False))
+        else:
+            failures, played = int(replay["connect_failures"]), int(replay["played_viewers"])
+            actions = sum(replay["played"].values())
+            measured = (
+                f"{played - failures} of {played} viewers connected, {actions} actions played, "
+                f"{sum(replay['refused'].values())} refused"
+            )
+            out.append(Verdict("replay", target, measured, not failures))
     if scenario.sale is not None:
         sale = report.sale
         if sale is None:
@@ -338,6 +357,7 @@ def write_report(report: Report, out: Path) -> Path:
         "totals": report.totals,
         "sale": asdict(report.sale) if report.sale is not None else None,
         "faults": report.faults,
+        "replay": report.replay,
         "host": report.host,
         "locust": report.locust,
         "seconds": report.seconds,
@@ -363,6 +383,9 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style>
 <img alt="connections" src="data:image/png;base64,{images["connections"]}">
 <h2>Faults and recovery</h2>{_table(report.faults, ["kind", "at", "down", "recovered_at",
     "recovery_s", "lost", "dups", "reconnects", "resyncs", "dropped"])}
+<h2>Trace replay</h2>{_table([report.replay] if report.replay else [], ["recorded_viewers",
+    "played_viewers", "connections", "connect_failures", "seconds", "played", "refused",
+    "buyers", "buy_answers"])}
 <h2>Host actions</h2>{_table(report.host, ["t", "action", "status", "detail"])}
 <h2>Locust requests</h2>{_table(report.locust, ["Type", "Name", "Request Count",
     "Failure Count", "Median Response Time", "99%", "Requests/s"])}

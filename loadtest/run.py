@@ -9,6 +9,9 @@ http://127.0.0.1:8766 --out DIR`` does, from one absolute start time a few secon
   ``--locust-workers N`` workers under a master, following the scenario's shape;
 * the host: the scenario's pins and its flash sale through the service API, on time
   (recorded in ``host.jsonl``);
+* a recorded trace, when the scenario has one: :mod:`loadtest.replay` plays it into the
+  room from ``trace.at``, its buys in the scenario's sale (``replay.json``,
+  ``buys.replay.jsonl``);
 
 (``--scale F`` runs the same show with F times the people and stock; the scenario as run
 is written to ``scenario.toml`` in the output directory, and every tool reads that file)
@@ -200,10 +203,22 @@ async def run(
                     "--out", str(out / f"swarm-{i}.jsonl"),
                     "--progress" if i == 0 else "--no-progress"]  # fmt: skip
             procs.append(await _spawn(argv, env, out / f"swarm-{i}.log"))
+        if scenario.trace is not None:
+            trace = scenario.trace
+            argv = [py, "-m", "loadtest.replay", "--room", scenario.room, "--url", url,
+                    "--secret", secret, "--viewers", repr(trace.viewers),
+                    "--time", repr(trace.speed), "--start-at", repr(start_at + trace.at),
+                    "--buys-out", str(out / "buys.replay.jsonl"),
+                    "--out", str(out / "replay.json")]  # fmt: skip
+            argv += [a for f in trace.files for a in ("--trace", f)]
+            argv += ["--sale", scenario.sale.sale_id] if scenario.sale is not None else []
+            procs.append(await _spawn(argv, env, out / "replay.log"))
         locust = [py, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
                   "--csv", str(out / "locust"), "--csv-full-history",
                   "--html", str(out / "locust.html"), "--loglevel", "WARNING"]  # fmt: skip
-        if locust_workers:
+        if not scenario.active_users:
+            pass  # a trace's replay may be the only active part of the show
+        elif locust_workers:
             master = [*locust, "--master", "--expect-workers", str(locust_workers)]
             master += ["--master-bind-host", "127.0.0.1"]
             procs.append(await _spawn(master, env, out / "locust-master.log"))

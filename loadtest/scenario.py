@@ -15,7 +15,11 @@ A scenario describes one room's show for ``duration`` seconds from the run's sta
   ``retries`` times when the answer is lost or "try again";
 * **faults** at given times: Redis killed or paused, an engine worker killed, a share of
   the viewers dropped at once (a reconnect storm); the report shows the recovery;
-* **SLOs** judged on the run: p99 delivery latency, share of events lost, units oversold.
+* **SLOs** judged on the run: p99 delivery latency, share of events lost, units oversold;
+* a recorded **trace** (optional): a real show's viewer actions, recorded by the engine
+  (``rooms.trace_dir``), replayed into the room from ``trace.at`` by
+  :mod:`loadtest.replay`, scaled in viewers and speed, beside (or instead of) the
+  scenario's Locust users; its buys go to the scenario's sale.
 
 Guarantees: :func:`load_scenario` returns a valid :class:`Scenario` or raises
 :class:`ScenarioError` naming the file and the setting at fault (unknown settings are
@@ -43,6 +47,7 @@ __all__ = [
     "Scenario",
     "ScenarioError",
     "Slo",
+    "Trace",
     "Users",
     "Viewers",
     "load_scenario",
@@ -147,6 +152,22 @@ class Slo(
     oversell: Count = 0  # units sold beyond stock (never anything but 0 in a real show)
 
 
+class Trace(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
+    """A recorded show replayed into the room (:mod:`loadtest.replay`).
+
+    ``files`` are trace files (JSONL, merged by time), relative to the scenario file;
+    ``viewers`` scales the recorded viewers (2: each twice; 0.1: a fixed tenth), ``speed``
+    the time (2: twice as fast); the first action is played ``at`` seconds into the show.
+    """
+
+    files: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)]
+    viewers: Positive = 1.0
+    speed: Positive = 1.0
+    at: NonNegative = 0.0
+
+
 class Scenario(
     msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
 ):
@@ -162,6 +183,7 @@ class Scenario(
     sale: Sale | None = None
     faults: tuple[Fault, ...] = ()
     slo: Slo = Slo()
+    trace: Trace | None = None
 
     @property
     def active_users(self) -> int:
@@ -208,7 +230,10 @@ class Scenario(
             sale = msgspec.structs.replace(
                 sale, stock=max(1, up(sale.stock)), buyers=up(sale.buyers)
             )
-        return msgspec.structs.replace(self, viewers=viewers, users=users, sale=sale)
+        trace = self.trace
+        if trace is not None:
+            trace = msgspec.structs.replace(trace, viewers=trace.viewers * factor)
+        return msgspec.structs.replace(self, viewers=viewers, users=users, sale=sale, trace=trace)
 
     def to_toml(self) -> str:
         """The scenario as TOML that :func:`load_scenario` reads back to an equal one."""
@@ -258,6 +283,18 @@ def load_scenario(source: str | Path) -> Scenario:
             )
         if fault.at >= scenario.duration:
             raise ScenarioError(f"{path}: faults.at: {fault.at} is after the show's end")
+    if scenario.trace is not None:
+        # Resolved against the scenario's folder, so the scenario as run (written
+        # elsewhere by the runner) still finds them.
+        files = tuple(str((path.parent / f).resolve()) for f in scenario.trace.files)
+        for file in files:
+            if not Path(file).is_file():
+                raise ScenarioError(f"{path}: trace.files: no trace file {file}")
+        if scenario.trace.at >= scenario.duration:
+            raise ScenarioError(f"{path}: trace.at: {scenario.trace.at} is after the show's end")
+        scenario = msgspec.structs.replace(
+            scenario, trace=msgspec.structs.replace(scenario.trace, files=files)
+        )
     return scenario
 
 

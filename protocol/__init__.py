@@ -6,7 +6,7 @@ exact bytes in both codecs.
 """
 
 from protocol.codec import CODECS, DEFAULT_SUBPROTOCOL, JSON, MSGPACK, Codec, codec_for
-from protocol.codes import CloseCode, ErrorCode
+from protocol.codes import BUY_TRY_AGAIN, CloseCode, ErrorCode
 from protocol.errors import InvalidField, MalformedMessage, ProtocolError, UnknownMessageType
 from protocol.messages import (
     PROTOCOL_VERSION,
@@ -51,6 +51,7 @@ from protocol.messages import (
 )
 
 __all__ = [
+    "BUY_TRY_AGAIN",
     "CODECS",
     "DEFAULT_SUBPROTOCOL",
     "JSON",

@@ -7,8 +7,9 @@ published, keeps its meaning forever. New codes may be added; none is ever reuse
 from __future__ import annotations
 
 import enum
+from typing import Final
 
-__all__ = ["CloseCode", "ErrorCode"]
+__all__ = ["BUY_TRY_AGAIN", "CloseCode", "ErrorCode"]
 
 
 class CloseCode(enum.IntEnum):
@@ -47,3 +48,8 @@ class ErrorCode(enum.StrEnum):
     ROOMS_FULL = "rooms_full"  # the node holds its maximum number of rooms; retry later
     ROOM_NOT_LIVE = "room_not_live"  # anonymous join of a room the node does not hold
     UNAVAILABLE = "unavailable"  # the shared room state (Redis) is unreachable; retry later
+
+
+BUY_TRY_AGAIN: Final = "try again"
+"""The stable ``buy_result.msg`` of a Buy the node could not take (its queue full, or the
+store unreachable): retry with the same ``rid`` (SPEC §9.3)."""

@@ -2,7 +2,8 @@
 
 ``python -m loadtest.run`` as a subprocess against a real ``liveroom serve`` (loopback):
 the smoke scenario passes with a clean reconciliation and a complete report; a scenario
-whose SLO cannot hold makes the run exit 1 naming it; a bad scenario exits 2.
+whose SLO cannot hold makes the run exit 1 naming it; a bad scenario exits 2; a recorded
+trace replays as part of a run.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from loadtest.replay import load_trace
+from loadtest.scenario import SCENARIOS_DIR
 from tests.conftest import SECRET
 from tests.processes import API_KEY, Engine
 
@@ -131,3 +135,32 @@ def test_a_distributed_run_splits_the_viewers_and_the_cast(engine: Engine, tmp_p
         "swarm-1.jsonl",
     ]
     assert len(list(tmp_path.glob("buys*.jsonl"))) == 2  # one file per Locust worker
+
+
+def test_a_recorded_trace_replays_as_part_of_a_run(engine: Engine, tmp_path: Path) -> None:
+    """``replay-smoke``: a trace a real engine recorded, replayed by the runner into its
+    room beside a swarm; its Buy presses go to the scenario's sale and are reconciled."""
+    trace = load_trace([SCENARIOS_DIR / "traces" / "smoke.jsonl"])
+    recorded = Counter(a.action for a in trace)
+    buyers = {a.viewer for a in trace if a.action == "buy"}
+    assert recorded["comment"] > 0 and len(buyers) > 10  # the shipped trace is a real show
+
+    done = run(engine, "replay-smoke", tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr + (tmp_path / "replay.log").read_text()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert "replay" in {v["slo"] for v in report["verdicts"]} and report["passed"]
+    replay = report["replay"]
+    assert replay["connect_failures"] == 0
+    assert replay["connections"] == replay["played_viewers"] == replay["recorded_viewers"]
+    for kind in ("join", "comment", "like", "buy"):  # every recorded action was played
+        assert replay["played"].get(kind) == recorded[kind], (kind, replay)
+    assert replay["refused"] == {}
+    # The recorded buyers outnumber the rehearsal's 10 units: 10 ok, the rest sold out,
+    # every one answered and reconciled against the store's orders.
+    assert replay["buyers"] == len(buyers)
+    assert replay["buy_answers"] == {"ok": 10, "sold_out": recorded["buy"] - 10}
+    sale = report["sale"]
+    assert sale["problems"] == [] and (sale["sold"], sale["orders"]) == (10, 10)
+    assert sale["buyers"] == len(buyers)
+    assert report["totals"]["events"] > 0 and report["totals"]["lost"] == 0
+    assert not (tmp_path / "locust.log").exists()  # no Locust users: the trace is the show

@@ -9,7 +9,9 @@ import pytest
 from loadtest.scenario import SCENARIOS_DIR, ScenarioError, load_scenario
 
 
-@pytest.mark.parametrize("name", ["smoke", "show-scaled", "million-viewers", "sale-redis-kill"])
+@pytest.mark.parametrize(
+    "name", ["smoke", "show-scaled", "million-viewers", "sale-redis-kill", "replay-smoke"]
+)
 def test_the_shipped_scenarios_load(name: str) -> None:
     scenario = load_scenario(name)
     assert scenario.name == name and (SCENARIOS_DIR / f"{name}.toml").exists()
@@ -59,6 +61,10 @@ def test_random_decisions_repeat_for_the_same_seed_and_stream() -> None:
         ("name = [\n", "not valid TOML"),
         ('name="x"\nroom="r"\nduration=5\n[viewers]\npeak=1\njoin_rate=1\n'
          '[[faults]]\nat=1\nkind="flood_redis"\n', "faults.kind: 'flood_redis' is not one of"),
+        ('name="x"\nroom="r"\nduration=5\n[viewers]\npeak=1\njoin_rate=1\n'
+         '[trace]\nfiles=["nowhere.jsonl"]\n', "trace.files: no trace file "),
+        ('name="x"\nroom="r"\nduration=5\n[viewers]\npeak=1\njoin_rate=1\n'
+         '[trace]\nfiles=[]\n', "trace.files: Expected `array` of length >= 1"),
     ],
 )  # fmt: skip
 def test_a_bad_scenario_names_the_setting(tmp_path: Path, text: str, message: str) -> None:
@@ -86,3 +92,17 @@ def test_a_scaled_show_keeps_its_shape_and_round_trips(tmp_path: Path) -> None:
     assert load_scenario(path) == small
     with pytest.raises(ValueError):
         big.scaled(0)
+
+
+def test_a_trace_scenario_finds_its_files_from_anywhere_and_scales(tmp_path: Path) -> None:
+    """Trace files are relative to the scenario's file; the scenario as run (written into
+    another folder, scaled) still finds them and scales the replayed viewers."""
+    shipped = load_scenario("replay-smoke")
+    assert shipped.trace is not None and shipped.active_users == 0
+    (file,) = shipped.trace.files
+    assert Path(file) == SCENARIOS_DIR / "traces" / "smoke.jsonl"
+    doubled = shipped.scaled(2)
+    assert doubled.trace is not None and doubled.trace.viewers == 2.0
+    elsewhere = tmp_path / "as-run.toml"
+    elsewhere.write_text(doubled.to_toml(), encoding="utf-8")
+    assert load_scenario(elsewhere) == doubled
