@@ -421,7 +421,8 @@ export class LiveroomClient {
         token,
         sentGen: 0, // the connection generation it was sent on (0: not sent)
         tries: 0,
-        holdUntil: 0,
+        holdUntil: 0, // a "try again" buy waits until then
+        holdTimer: null,
         resolve,
         reject,
         timer: null,
@@ -457,6 +458,7 @@ export class LiveroomClient {
     if (this._commands.get(cmd.rid) !== cmd) return;
     this._commands.delete(cmd.rid);
     clearTimeout(cmd.timer);
+    clearTimeout(cmd.holdTimer);
     if (error) cmd.reject(error);
     else cmd.resolve(value);
   }
@@ -902,7 +904,8 @@ export class LiveroomClient {
       cmd.message = { ...cmd.message, retry: true };
       const delay = 1000 * 2 ** (cmd.tries - 1);
       cmd.holdUntil = Date.now() + delay;
-      setTimeout(() => this._pump(), delay);
+      clearTimeout(cmd.holdTimer);
+      cmd.holdTimer = setTimeout(() => this._pump(), delay);
       return;
     }
     this._settle(cmd, null, msg);

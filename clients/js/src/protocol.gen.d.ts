@@ -44,7 +44,7 @@ export interface Sale {
   status: "scheduled" | "open" | "sold_out" | "closed" | "ended";
 }
 
-/** Join a room; with `offset` and `epoch` from an earlier session, resume it. */
+/** Join a room; with `off` and `ep` from an earlier session, resume it. */
 export interface JoinCommand {
   t: "join";
   /** a room name: 1..64 letters, marks, digits or _ . : - (SPEC §4.9) */
@@ -77,7 +77,7 @@ export interface CommentCommand {
   rid?: Rid;
 }
 
-/** Add `count` likes to a joined room. */
+/** Add `n` likes to a joined room. */
 export interface LikeCommand {
   t: "like";
   /** 1..64 code points */
@@ -151,7 +151,7 @@ export interface WelcomeMessage {
   exp?: number;
 }
 
-/** Answer to `join`: the room snapshot, or the events missed since `offset`. */
+/** Answer to `join`: the room snapshot, or the events missed since `off`. */
 export interface JoinedMessage {
   t: "joined";
   /** 1..64 code points */
@@ -237,7 +237,7 @@ export interface BuyResultMessage {
   msg?: string;
 }
 
-/** Answer to `refresh`: the new token is in force until `expires`. */
+/** Answer to `refresh`: the new token is in force until `exp`. */
 export interface RefreshedMessage {
   t: "refreshed";
   /** integer 0..2^53-1 */

@@ -351,7 +351,7 @@ class JsonParser {
       const e = text[this.pos++];
       if (e === "u") {
         out += String.fromCharCode(this.hex4());
-      } else if (Object.hasOwn(ESCAPES, e)) {
+      } else if (Object.prototype.hasOwnProperty.call(ESCAPES, e)) {
         out += ESCAPES[e];
       } else {
         this.fail("bad escape");
@@ -376,9 +376,16 @@ const LITERALS = [
   ["null", null],
 ];
 
-const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-
 /** Whether a JS string is well-formed UTF-16 (no lone surrogate), i.e. encodable as UTF-8. */
 export function isWellFormed(text) {
-  return typeof text.isWellFormed === "function" ? text.isWellFormed() : !LONE_SURROGATE.test(text);
+  if (typeof text.isWellFormed === "function") return text.isWellFormed();
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0xd800 || c > 0xdfff) continue;
+    if (c > 0xdbff) return false; // a low surrogate first
+    const d = text.charCodeAt(i + 1);
+    if (!(d >= 0xdc00 && d <= 0xdfff)) return false; // a high surrogate alone
+    i++;
+  }
+  return true;
 }

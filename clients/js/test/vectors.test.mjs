@@ -19,6 +19,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { CODECS, InvalidField, MalformedMessage, UnknownMessageType, WireFloat, readMsgpack } from "../src/index.js";
+import { isWellFormed } from "../src/strict.js";
 import { encode as msgpackEncode } from "@msgpack/msgpack";
 
 const VECTORS = fileURLToPath(new URL("../../../protocol/vectors/", import.meta.url));
@@ -169,5 +170,18 @@ test("beyond the vectors: integers in every msgpack width, and 64-bit values bey
 test("beyond the vectors: a length header larger than the payload is refused before any allocation", () => {
   for (const h of ["dc ff ff", "de ff ff", "da ff ff 61", "db 00 00 10 00 61"]) {
     assert.throws(() => readMsgpack(fromHex(h.replaceAll(" ", ""))), MalformedMessage, h);
+  }
+});
+
+test("beyond the vectors: lone surrogates are found without String.prototype.isWellFormed too (older browsers)", () => {
+  const cases = ["a", "\ud83d\udd25", "\ud800", "\udc00", "a\ud800b", "\ud800\ud800\udc00", "\udc00\ud800", ""];
+  const native = cases.map((c) => c.isWellFormed());
+  const saved = Object.getOwnPropertyDescriptor(String.prototype, "isWellFormed");
+  delete String.prototype.isWellFormed;
+  try {
+    assert.deepEqual(cases.map((c) => isWellFormed(c)), native);
+    assert.throws(() => CODECS.json.decodeServer('{"t":"pong","now":1,"rid":"\\udc00"}'), MalformedMessage);
+  } finally {
+    Object.defineProperty(String.prototype, "isWellFormed", saved);
   }
 });

@@ -194,7 +194,11 @@ def _interface(name: str, wire: str | None, schema: tuple[Field, ...], doc: str)
 
 
 def _first_line(cls: type) -> str:
-    return (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace("``", "`")
+    """The first line of the class's docstring, Python attribute names turned wire keys."""
+    line = (cls.__doc__ or cls.__name__).strip().splitlines()[0].replace("``", "`")
+    for f in schema_of(cls):
+        line = line.replace(f"`{f.attr}`", f"`{f.key}`")
+    return line
 
 
 def render_dts() -> str:

@@ -1096,7 +1096,7 @@ var JsonParser = class {
       const e = text[this.pos++];
       if (e === "u") {
         out += String.fromCharCode(this.hex4());
-      } else if (Object.hasOwn(ESCAPES, e)) {
+      } else if (Object.prototype.hasOwnProperty.call(ESCAPES, e)) {
         out += ESCAPES[e];
       } else {
         this.fail("bad escape");
@@ -1117,9 +1117,17 @@ var LITERALS = [
   ["false", false],
   ["null", null]
 ];
-var LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 function isWellFormed(text) {
-  return typeof text.isWellFormed === "function" ? text.isWellFormed() : !LONE_SURROGATE.test(text);
+  if (typeof text.isWellFormed === "function") return text.isWellFormed();
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 55296 || c > 57343) continue;
+    if (c > 56319) return false;
+    const d = text.charCodeAt(i + 1);
+    if (!(d >= 56320 && d <= 57343)) return false;
+    i++;
+  }
+  return true;
 }
 
 // src/wire.js
@@ -1668,6 +1676,8 @@ var LiveroomClient = class {
         // the connection generation it was sent on (0: not sent)
         tries: 0,
         holdUntil: 0,
+        // a "try again" buy waits until then
+        holdTimer: null,
         resolve,
         reject,
         timer: null
@@ -1701,6 +1711,7 @@ var LiveroomClient = class {
     if (this._commands.get(cmd.rid) !== cmd) return;
     this._commands.delete(cmd.rid);
     clearTimeout(cmd.timer);
+    clearTimeout(cmd.holdTimer);
     if (error) cmd.reject(error);
     else cmd.resolve(value);
   }
@@ -2105,7 +2116,8 @@ var LiveroomClient = class {
       cmd.message = { ...cmd.message, retry: true };
       const delay = 1e3 * 2 ** (cmd.tries - 1);
       cmd.holdUntil = Date.now() + delay;
-      setTimeout(() => this._pump(), delay);
+      clearTimeout(cmd.holdTimer);
+      cmd.holdTimer = setTimeout(() => this._pump(), delay);
       return;
     }
     this._settle(cmd, null, msg);
