@@ -42,7 +42,9 @@ class Codec {
   }
 
   decodeServer(payload) {
-    return fromWire(this.loads(payload), SERVER_TYPES);
+    // No item limit: server messages have no size bound (SPEC §2), and a busy room's batch
+    // may hold more than 4096 events; the payload's size still bounds what is allocated.
+    return fromWire(this.loads(payload, Infinity), SERVER_TYPES);
   }
 
   decodeClient(payload) {
@@ -50,7 +52,7 @@ class Codec {
   }
 
   decodeEvent(payload) {
-    return eventFromWire(this.loads(payload));
+    return eventFromWire(this.loads(payload, Infinity));
   }
 }
 
@@ -62,7 +64,8 @@ export const MSGPACK = new Codec({
   binary: true,
   /** @returns {Uint8Array} */
   dumps: (value) => encoder.encode(value),
-  loads: readMsgpack,
+  /** Strict read (src/strict.js); `maxItems`: most items per array or map (default 4096). */
+  loads: (payload, maxItems) => readMsgpack(payload, maxItems),
 });
 
 export const JSON_CODEC = new Codec({
@@ -71,7 +74,7 @@ export const JSON_CODEC = new Codec({
   binary: false,
   /** @returns {string} compact JSON, non-ASCII unescaped (as the server writes it) */
   dumps: (value) => JSON.stringify(value),
-  loads: readJson,
+  loads: (payload) => readJson(payload),
 });
 
 /** The codecs by name and by subprotocol. */

@@ -108,7 +108,7 @@ export interface Codec {
   encodeEvent(event: RoomEvent): Uint8Array | string;
   /** Write / read plain values (no schema check; loads is the strict reader). */
   dumps(value: unknown): Uint8Array | string;
-  loads(payload: ArrayBuffer | ArrayBufferView | string): unknown;
+  loads(payload: ArrayBuffer | ArrayBufferView | string, maxItems?: number): unknown;
 }
 export declare const MSGPACK: Codec & { encodeClient(message: ClientMessage): Uint8Array };
 export declare const JSON_CODEC: Codec & { encodeClient(message: ClientMessage): string };
@@ -120,8 +120,8 @@ export declare class WireFloat {
   constructor(value: number);
   value: number;
 }
-/** Strict msgpack reader: one value filling the payload, no bin/ext, string keys, valid UTF-8, depth <= 1024, <= 4096 items. */
-export declare function readMsgpack(payload: ArrayBuffer | ArrayBufferView): unknown;
+/** Strict msgpack reader: one value filling the payload, no bin/ext, string keys, valid UTF-8, depth <= 1024, <= maxItems (4096) items per container. */
+export declare function readMsgpack(payload: ArrayBuffer | ArrayBufferView, maxItems?: number): unknown;
 /** Strict JSON reader (RFC 8259): no lone surrogates, depth <= 1024, floats as WireFloat. */
 export declare function readJson(payload: string | ArrayBuffer | ArrayBufferView): unknown;
 /** Check a read value against the schema of its type (`types`: CLIENT_TYPES, SERVER_TYPES, EVENT_TYPES). */

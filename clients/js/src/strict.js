@@ -22,7 +22,7 @@
 import { MalformedMessage } from "./errors.js";
 
 export const MAX_DEPTH = 1024; // nested containers, the message map included (SPEC §2)
-export const MAX_ITEMS = 4096; // items of one msgpack array or map (SPEC §12)
+export const MAX_ITEMS = 4096; // items of one msgpack array or map in a client message (SPEC §12)
 
 /** A float read from the wire; protocol v1 has none, so no field accepts one. */
 export class WireFloat {
@@ -56,12 +56,14 @@ export function asBytes(data) {
 /**
  * Read one msgpack value that must fill `data` exactly.
  * @param {ArrayBuffer|ArrayBufferView} data
+ * @param {number} [maxItems] most items of one array or map: MAX_ITEMS, the limit on client
+ *   messages (SPEC §12); server messages have no such bound (decodeServer passes Infinity)
  * @returns {unknown}
  * @throws {MalformedMessage}
  */
-export function readMsgpack(data) {
+export function readMsgpack(data, maxItems = MAX_ITEMS) {
   const bytes = asBytes(data);
-  const reader = new MsgpackReader(bytes);
+  const reader = new MsgpackReader(bytes, maxItems);
   if (bytes.length === 0) throw new MalformedMessage("not a msgpack message: empty payload");
   const value = reader.value(0);
   if (reader.pos !== bytes.length) {
@@ -72,8 +74,9 @@ export function readMsgpack(data) {
 
 class MsgpackReader {
   /** @param {Uint8Array} bytes */
-  constructor(bytes) {
+  constructor(bytes, maxItems) {
     this.bytes = bytes;
+    this.maxItems = maxItems;
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     this.pos = 0;
   }
@@ -165,10 +168,11 @@ class MsgpackReader {
     if (depth + 1 > MAX_DEPTH) {
       throw new MalformedMessage(`not a msgpack message: nested deeper than ${MAX_DEPTH} containers`);
     }
-    if (count > MAX_ITEMS) {
-      throw new MalformedMessage(`not a msgpack message: ${kind} of ${count} items (at most ${MAX_ITEMS})`);
+    if (count > this.maxItems) {
+      throw new MalformedMessage(`not a msgpack message: ${kind} of ${count} items (at most ${this.maxItems})`);
     }
-    // Every item takes at least one byte (two for a map entry): a header cannot claim more.
+    // Every item takes at least one byte (two for a map entry): a header cannot claim more,
+    // so nothing is allocated beyond the payload's size, whatever the item limit.
     if (count * (kind === "map" ? 2 : 1) > this.bytes.length - this.pos) {
       throw new MalformedMessage("not a msgpack message: truncated");
     }

@@ -176,3 +176,22 @@ test("the JSON codec end to end: negotiated, commands answered, events decoded",
   await assert.rejects(j.comment("直播间-1", ""), { code: "empty_comment" });
   assert.equal((await j.ping()).t, "pong");
 });
+
+test("a joined with more than 4096 events (rooms.snapshot_size 5000) is accepted: server messages have no item bound", async () => {
+  const big = new Server({ ROOMS_HISTORY_SIZE: 5000, ROOMS_SNAPSHOT_SIZE: 5000, ROOMS_COMMENT_RATE: 100000, ROOMS_COMMENT_BURST: 100000 });
+  await big.start();
+  try {
+    const writer = client("u-writer", { url: big.url });
+    await writer.connect();
+    await writer.join("live-big");
+    const acks = await Promise.all(Array.from({ length: 4200 }, (_, i) => writer.comment("live-big", `#${i}`)));
+    const reader = client("u-reader", { url: big.url });
+    await reader.connect();
+    const seen = record(reader, ["comment"]);
+    const joined = await reader.join("live-big");
+    assert.equal(joined.recent.length, 4200);
+    assert.deepEqual(offsets(seen), acks.map((a) => a.off));
+  } finally {
+    await big.stop("SIGKILL").catch(() => {});
+  }
+});

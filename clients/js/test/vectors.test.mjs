@@ -185,3 +185,13 @@ test("beyond the vectors: lone surrogates are found without String.prototype.isW
     Object.defineProperty(String.prototype, "isWellFormed", saved);
   }
 });
+
+test("beyond the vectors: a server batch may hold more than 4096 events (no size bound on server messages, SPEC §2)", () => {
+  const events = Array.from({ length: 5000 }, (_, i) => ({ t: "likes", total: i }));
+  const batch = { t: "batch", room: "live-42", ev: events };
+  assert.equal(CODECS.msgpack.decodeServer(CODECS.msgpack.encodeServer(batch)).ev.length, 5000);
+  assert.equal(CODECS.json.decodeServer(CODECS.json.encodeServer(batch)).ev.length, 5000);
+  // A client message keeps the 4096-item limit (the vector array_over_4096_items).
+  const ping = MSGPACK_BYTES({ t: "ping", x: new Array(4097).fill(0) });
+  assert.throws(() => CODECS.msgpack.decodeClient(ping), MalformedMessage);
+});

@@ -835,9 +835,9 @@ function asBytes(data) {
   }
   throw new MalformedMessage("expected bytes");
 }
-function readMsgpack(data) {
+function readMsgpack(data, maxItems = MAX_ITEMS) {
   const bytes = asBytes(data);
-  const reader = new MsgpackReader(bytes);
+  const reader = new MsgpackReader(bytes, maxItems);
   if (bytes.length === 0) throw new MalformedMessage("not a msgpack message: empty payload");
   const value = reader.value(0);
   if (reader.pos !== bytes.length) {
@@ -847,8 +847,9 @@ function readMsgpack(data) {
 }
 var MsgpackReader = class {
   /** @param {Uint8Array} bytes */
-  constructor(bytes) {
+  constructor(bytes, maxItems) {
     this.bytes = bytes;
+    this.maxItems = maxItems;
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     this.pos = 0;
   }
@@ -936,8 +937,8 @@ var MsgpackReader = class {
     if (depth + 1 > MAX_DEPTH) {
       throw new MalformedMessage(`not a msgpack message: nested deeper than ${MAX_DEPTH} containers`);
     }
-    if (count > MAX_ITEMS) {
-      throw new MalformedMessage(`not a msgpack message: ${kind} of ${count} items (at most ${MAX_ITEMS})`);
+    if (count > this.maxItems) {
+      throw new MalformedMessage(`not a msgpack message: ${kind} of ${count} items (at most ${this.maxItems})`);
     }
     if (count * (kind === "map" ? 2 : 1) > this.bytes.length - this.pos) {
       throw new MalformedMessage("not a msgpack message: truncated");
@@ -1290,13 +1291,13 @@ var Codec = class {
     return this.dumps(toWire(event, EVENT_TYPES));
   }
   decodeServer(payload) {
-    return fromWire(this.loads(payload), SERVER_TYPES);
+    return fromWire(this.loads(payload, Infinity), SERVER_TYPES);
   }
   decodeClient(payload) {
     return fromWire(this.loads(payload), CLIENT_TYPES);
   }
   decodeEvent(payload) {
-    return eventFromWire(this.loads(payload));
+    return eventFromWire(this.loads(payload, Infinity));
   }
 };
 var encoder = new Encoder({ useBigInt64: false, ignoreUndefined: true });
@@ -1306,7 +1307,8 @@ var MSGPACK = new Codec({
   binary: true,
   /** @returns {Uint8Array} */
   dumps: (value) => encoder.encode(value),
-  loads: readMsgpack
+  /** Strict read (src/strict.js); `maxItems`: most items per array or map (default 4096). */
+  loads: (payload, maxItems) => readMsgpack(payload, maxItems)
 });
 var JSON_CODEC = new Codec({
   name: "json",
@@ -1314,7 +1316,7 @@ var JSON_CODEC = new Codec({
   binary: false,
   /** @returns {string} compact JSON, non-ASCII unescaped (as the server writes it) */
   dumps: (value) => JSON.stringify(value),
-  loads: readJson
+  loads: (payload) => readJson(payload)
 });
 var CODECS = Object.freeze(
   Object.assign(/* @__PURE__ */ Object.create(null), {
