@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.names import ROOM_NAME_RULE, valid_room_name
+
 __all__ = [
     "BROKER_BACKENDS",
     "ENV_CONFIG_PATH",
@@ -37,6 +39,7 @@ __all__ = [
     "BrokerConfig",
     "Config",
     "ConfigError",
+    "DemoConfig",
     "RoomsConfig",
     "ServerConfig",
     "ServiceConfig",
@@ -180,6 +183,16 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """The demo pages on the service port (engine/demo/): a viewer page and a host console."""
+
+    enabled: bool = True  # serve /demo/ (no API key) on the service port; off in production
+    room: str = "demo"  # the one room the demo pages, tokens and endpoints serve
+    ws_url: str = ""  # websocket URL for the pages; empty: ws(s)://<page's host>:<server.port>/
+    token_ttl: float = 600.0  # seconds a demo token lives (the pages fetch fresh ones)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration of one node."""
 
@@ -189,6 +202,7 @@ class Config:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     stock: StockConfig = field(default_factory=StockConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     log_level: str = "info"  # one of LOG_LEVELS
 
 
@@ -551,6 +565,13 @@ def validate_config(config: Config) -> None:
             f'server.workers: {s.workers} workers need stock.backend = "redis" '
             f"(got {k.backend!r}): with the memory store each process would sell its own stock"
         )
+
+    d = config.demo
+    if not valid_room_name(d.room):
+        raise ConfigError(f"demo.room: must be {ROOM_NAME_RULE}, got {d.room!r}")
+    if d.ws_url and not d.ws_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"demo.ws_url: must be empty or a ws:// or wss:// URL, got {d.ws_url!r}")
+    _check_float("demo.token_ttl", d.token_ttl)
 
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(

@@ -32,7 +32,8 @@ Guarantees:
   at once if it never had an event nor a like (nothing to resume), else after
   ``empty_room_ttl``; a new room beyond the cap first drops the longest-empty rooms, and
   :class:`RoomsFull` is raised when every room has viewers. Counters of dropped rooms stay
-  in the hub's totals.
+  in the hub's totals. A room the node holds on purpose (:meth:`Hub.hold`, e.g. the demo's)
+  is never dropped, empty or not.
 """
 
 from __future__ import annotations
@@ -617,6 +618,7 @@ class Hub:
     ) -> None:
         self.rooms: dict[str, Room] = {}
         self._empty: dict[str, Room] = {}  # rooms without viewers, longest-empty first
+        self._held: set[str] = set()  # rooms kept with or without viewers (see hold)
         self._history_size = history_size
         self._snapshot_size = snapshot_size
         self._min_flush_interval = min_flush_interval
@@ -663,6 +665,18 @@ class Hub:
             self._empty[name] = room  # until its first viewer joins
         return room
 
+    def hold(self, name: str) -> Room:
+        """The room called ``name``, created if needed, kept from now on: never dropped,
+        whether or not it has viewers (a room that must exist before its first viewer).
+
+        Raises:
+            RoomsFull: as :meth:`room`.
+        """
+        room = self.room(name)
+        self._held.add(name)
+        self._empty.pop(name, None)  # the empty rooms are the ones that may be dropped
+        return room
+
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
@@ -682,6 +696,8 @@ class Hub:
             return  # already forgotten
         if self.on_vacated is not None:
             self.on_vacated(room)
+        if room.name in self._held:
+            return
         if room.eventless:
             self._drop(room.name)
         else:

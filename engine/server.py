@@ -26,6 +26,7 @@ import sys
 from engine.broker import Broker, BrokerError
 from engine.broker import connect as connect_redis_broker
 from engine.config import AuthConfig, Config, node_id
+from engine.demo import demo_line, demo_warning
 from engine.gateway import Connection, Gateway
 from engine.limits import (
     ConnectionGuard,
@@ -135,6 +136,10 @@ class LiveroomServer:
         assert self._server is not None, "server not started"
         return int(self._server.sockets[0].getsockname()[1])
 
+    def _ws_port(self) -> int:
+        """The websocket port once listening (the demo pages ask for it), else the configured."""
+        return self.port if self._server is not None else self.config.server.port
+
     @property
     def service_url(self) -> str:
         assert self.service is not None, "service API not started"
@@ -184,7 +189,9 @@ class LiveroomServer:
         self.gateway.guard = guard = connection_guard(self.config)
         guard.install(loop)
         if self.config.service.enabled:
-            self.service = await start_service(self.config, self.hub, self.gateway, self.desk)
+            self.service = await start_service(
+                self.config, self.hub, self.gateway, self.desk, ws_port=self._ws_port
+            )
         srv = self.config.server
         self._server = await loop.create_server(
             self.gateway,
@@ -290,10 +297,14 @@ async def serve_until_signalled(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     if config.auth.secret == AuthConfig().secret:
         log.warning("auth.secret is the built-in development secret: set LIVEROOM_AUTH_SECRET")
+    if config.demo.enabled and config.service.enabled and (warning := demo_warning(config)):
+        log.warning("%s", warning)
     async with LiveroomServer(config) as server:
         # Long-lived objects made so far (modules, config) need no more GC scans.
         gc.freeze()
         print(f"liveroom listening on {server.url}", file=sys.stderr, flush=True)
+        if server.service is not None and config.demo.enabled:
+            print(demo_line(config, server.service.port), file=sys.stderr, flush=True)
         await stop.wait()
         print("liveroom shutting down", file=sys.stderr, flush=True)
     print("liveroom stopped", file=sys.stderr, flush=True)

@@ -26,7 +26,8 @@ as ``cursor=`` cannot silently page the first page forever).
 
 Guarantees:
 
-* Authentication: every path except ``/health`` needs one of ``service.api_keys``, sent
+* Authentication: every path except ``/health`` (and, with ``demo.enabled``, the demo's
+  own routes under ``/demo/``: :mod:`engine.demo`) needs one of ``service.api_keys``, sent
   as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. The key given is compared
   with every configured key in constant time (``hmac.compare_digest``, no early exit).
   With no key configured, every such request is refused. A missing or bad key is a 401,
@@ -638,6 +639,26 @@ class _Api:
         self.registry.register(_StatsCollector(hub, gateway, desk))
         self.query_params: dict[web.AbstractRoute, frozenset[str]] = {}
         """The query parameters each route takes (routes absent here: 404 and 405)."""
+        self.public: set[web.AbstractRoute] = set()
+        """Routes served without an API key (the demo's, when it is on)."""
+
+    def add_route(
+        self,
+        router: web.UrlDispatcher,
+        method: str,
+        path: str,
+        handler: _Handler,
+        query: Iterable[str] = (),
+        *,
+        public: bool = False,
+    ) -> None:
+        """Route ``method path`` (and HEAD for a GET) to ``handler``, which takes the query
+        parameters ``query`` and no others; ``public`` routes need no API key."""
+        for verb in (method, "HEAD") if method == "GET" else (method,):
+            route = router.add_route(verb, path, handler)
+            self.query_params[route] = frozenset(query)
+            if public:
+                self.public.add(route)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         for method, path, handler, query in (
@@ -653,9 +674,7 @@ class _Api:
             ("GET", "/v1/sales/{sale_id}/orders", self.orders, ("after", "limit")),
             ("POST", "/v1/sales/{sale_id}/orders/{order_id}/cancel", self.cancel, ()),
         ):
-            for verb in (method, "HEAD") if method == "GET" else (method,):
-                route = router.add_route(verb, path, handler)
-                self.query_params[route] = frozenset(query)
+            self.add_route(router, method, path, handler, query)
 
     # cross-cutting
 
@@ -698,7 +717,11 @@ class _Api:
             length = request.content_length
             if length is not None and length > MAX_BODY_SIZE:  # refused unread
                 raise _too_large()
-            if request.path != "/health" and not self.authorized(request):
+            if (
+                request.path != "/health"
+                and request.match_info.route not in self.public
+                and not self.authorized(request)
+            ):
                 raise ApiError(
                     401,
                     "unauthorized",
@@ -816,7 +839,10 @@ class _Api:
     # sales
 
     async def open_sale(self, request: web.Request) -> web.Response:
-        data = await _read_object(request, self.body_timeout)
+        return await self.start_sale(self.sale_spec(await _read_object(request, self.body_timeout)))
+
+    def sale_spec(self, data: Mapping[str, Any]) -> SaleSpec:
+        """The sale a ``POST /v1/sales`` body describes, every field checked."""
         _only(
             data,
             (
@@ -861,7 +887,7 @@ class _Api:
             ends_at = starts_at + float(duration)
             if ends_at > _MAX_TIME:
                 _bad_field("duration", f"sale would end after unix second {_MAX_TIME}")
-        spec = SaleSpec(
+        return SaleSpec(
             sale_id=sale_id,
             room=room,
             product_id=product_id,
@@ -871,12 +897,18 @@ class _Api:
             starts_at=starts_at,
             ends_at=ends_at,
         )
+
+    async def start_sale(self, spec: SaleSpec) -> web.Response:
+        """Open ``spec``'s sale in its room: 201 with the sale's state."""
+        room = spec.room
         if self.desk.relay is None and self.hub.get(room) is None:  # no await until the desk's
             raise ApiError(
                 404, "room_not_found", f"room {room!r} has no viewers on this node", field="room"
             )
         state = await self.desk.open_sale(spec)
-        return _json(_state_json(state), status=201, headers={"Location": f"/v1/sales/{sale_id}"})
+        return _json(
+            _state_json(state), status=201, headers={"Location": f"/v1/sales/{spec.sale_id}"}
+        )
 
     async def sale_state(self, request: web.Request) -> web.Response:
         return _json(_state_json(await self.desk.state(self.sale_id(request))))
@@ -940,19 +972,42 @@ class ServiceRunner:
             await runner.cleanup()
 
 
-def make_app(config: Config, hub: Hub, gateway: Gateway, desk: SaleDesk) -> web.Application:
-    """The service's aiohttp application (routes and middleware), not yet served."""
+def make_app(
+    config: Config,
+    hub: Hub,
+    gateway: Gateway,
+    desk: SaleDesk,
+    *,
+    ws_port: Callable[[], int] | None = None,
+) -> web.Application:
+    """The service's aiohttp application (routes and middleware), not yet served.
+
+    With ``demo.enabled`` it serves the demo pages too (:mod:`engine.demo`), whose pages
+    connect to the websocket port ``ws_port()`` (default: ``server.port``).
+    """
     api = _Api(config, hub, gateway, desk)
     app = web.Application(middlewares=[api.middleware], client_max_size=MAX_BODY_SIZE)
     api.add_routes(app.router)
+    if config.demo.enabled:
+        from engine.demo import Demo  # imported here: the demo builds on this module
+
+        Demo(api, ws_port or (lambda: config.server.port)).add_routes(app.router)
     return app
 
 
 async def start_service(
-    config: Config, hub: Hub, gateway: Gateway, desk: SaleDesk
+    config: Config,
+    hub: Hub,
+    gateway: Gateway,
+    desk: SaleDesk,
+    *,
+    ws_port: Callable[[], int] | None = None,
 ) -> ServiceRunner:
-    """Serve the API on ``config.service.host``/``port`` (0: a free port); return its runner."""
-    app = make_app(config, hub, gateway, desk)
+    """Serve the API on ``config.service.host``/``port`` (0: a free port); return its runner.
+
+    ``ws_port``: the websocket listener's port, for the demo pages (see :func:`make_app`).
+    """
+    app = make_app(config, hub, gateway, desk, ws_port=ws_port)
     _HTTP_LOG.addFilter(_CLIENT_FAULTS)  # idempotent
     runner = web.AppRunner(
         app,

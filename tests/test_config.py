@@ -14,6 +14,7 @@ from engine.config import (
     BrokerConfig,
     Config,
     ConfigError,
+    DemoConfig,
     RoomsConfig,
     ServerConfig,
     ServiceConfig,
@@ -33,6 +34,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("service", ServiceConfig),
     ("stock", StockConfig),
     ("broker", BrokerConfig),
+    ("demo", DemoConfig),
 )
 DEFAULT_TOML = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
 
@@ -227,6 +229,10 @@ def test_liveroom_config_and_other_variables_are_ignored() -> None:
         ({"LIVEROOM_LOG_LEVEL": "verbose"}, "log_level"),
         ({"LIVEROOM_SERVER_TLS_CERT": "cert.pem"}, "server.tls_key"),
         ({"LIVEROOM_SERVER_TLS_KEY": "key.pem"}, "server.tls_cert"),
+        ({"LIVEROOM_DEMO_ROOM": "a b"}, "demo.room"),
+        ({"LIVEROOM_DEMO_ROOM": ""}, "demo.room"),
+        ({"LIVEROOM_DEMO_WS_URL": "http://127.0.0.1:8765/"}, "demo.ws_url"),
+        ({"LIVEROOM_DEMO_TOKEN_TTL": "0"}, "demo.token_ttl"),
     ],
 )
 def test_out_of_range_value_names_the_setting(env: dict[str, str], setting: str) -> None:
@@ -333,3 +339,5 @@ def test_the_example_configs_load() -> None:
     cluster = load_config(configs / "cluster.toml", env={})
     assert cluster.server.workers == 2
     assert (cluster.broker.backend, cluster.stock.backend) == ("redis", "redis")
+    assert Config().demo.enabled  # the embedded defaults are the dev setup: demo on
+    assert not redis.demo.enabled and not cluster.demo.enabled
