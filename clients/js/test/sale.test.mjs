@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { Server, TcpProxy, killAll, makeClient, mintToken, next, record, waitFor } from "./helpers.mjs";
 
 const ROOM = "shop-1";
-const server = new Server();
+const server = new Server({ AUTH_ALLOW_ANONYMOUS: "true" });
 const clients = [];
 let proxy;
 
@@ -152,4 +152,17 @@ test("buy errors: not_joined rejects with the SPEC code", async () => {
   const c = client("u-nojoin");
   await c.connect();
   await assert.rejects(c.buy("elsewhere", "s-basic"), { code: "not_joined" });
+});
+
+test("an anonymous viewer (no token): welcome without exp, events arrive, comment and buy are read_only", async () => {
+  const anon = makeClient(server.url, {});
+  clients.push(anon);
+  const welcome = await anon.connect();
+  assert.match(welcome.uid, /^anon:/);
+  assert.equal(welcome.exp, undefined);
+  const joined = await anon.join(ROOM); // the room is live: its viewers and sales made it
+  assert.equal(joined.room, ROOM);
+  await assert.rejects(anon.comment(ROOM, "hi"), { code: "read_only" });
+  await assert.rejects(anon.buy(ROOM, "s-json"), { code: "read_only" });
+  await assert.rejects(anon.join("never-created"), { code: "room_not_live" });
 });
