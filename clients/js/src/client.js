@@ -188,7 +188,7 @@ class Connection {
     this.welcome = null;
     this.exp = null;
     this.lastRecv = Date.now();
-    this.pingSent = false;
+    this.pingAt = null; // when the heartbeat's ping went out (null: none)
   }
 }
 
@@ -429,8 +429,7 @@ export class LiveroomClient {
       };
       const seconds = timeout ?? this._opts.requestTimeout;
       cmd.timer = setTimeout(() => {
-        this._commands.delete(rid);
-        reject(new LiveroomError("timeout", `${kind}: no answer in ${seconds} s`, { rid }));
+        this._settle(cmd, new LiveroomError("timeout", `${kind}: no answer in ${seconds} s`, { rid }));
       }, seconds * 1000);
       this._commands.set(rid, cmd);
       this._pump();
@@ -734,13 +733,15 @@ export class LiveroomClient {
     const tick = Math.max(50, Math.min(interval, timeout) / 4);
     this._heartbeatTimer = setInterval(() => {
       if (this._conn !== conn) return;
-      const quiet = Date.now() - conn.lastRecv;
-      if (quiet > interval + timeout) {
-        // Nothing at all, not even the answer to our ping: the connection is dead.
+      const now = Date.now();
+      if (conn.pingAt !== null && conn.lastRecv < conn.pingAt && now - conn.pingAt > timeout) {
+        // Nothing at all since our ping, not even its answer: the connection is dead.
+        // (Judged from the ping's time, not from the silence: a background tab's timers
+        // may fire a minute late, and must not take a quiet room for a dead one.)
         this._detach(conn, 1006, "heartbeat timeout");
         this._lost(conn, 1006, "heartbeat timeout");
-      } else if (quiet > interval && !conn.pingSent) {
-        conn.pingSent = true;
+      } else if (now - conn.lastRecv > interval && (conn.pingAt === null || conn.lastRecv >= conn.pingAt)) {
+        conn.pingAt = now;
         this.ping().catch(() => {}); // any message counts as alive, even an error
       }
     }, tick);
@@ -780,7 +781,6 @@ export class LiveroomClient {
 
   _onData(conn, data) {
     conn.lastRecv = Date.now();
-    conn.pingSent = false;
     const codec = conn.codec ?? this._codec;
     if ((typeof data === "string") === codec.binary) {
       this._violation(conn, new LiveroomError("protocol", `${typeof data === "string" ? "text" : "binary"} frame on ${codec.subprotocol}`));

@@ -1466,7 +1466,7 @@ var Connection = class {
     this.welcome = null;
     this.exp = null;
     this.lastRecv = Date.now();
-    this.pingSent = false;
+    this.pingAt = null;
   }
 };
 var LiveroomClient = class {
@@ -1686,8 +1686,7 @@ var LiveroomClient = class {
       };
       const seconds = timeout ?? this._opts.requestTimeout;
       cmd.timer = setTimeout(() => {
-        this._commands.delete(rid);
-        reject(new LiveroomError("timeout", `${kind}: no answer in ${seconds} s`, { rid }));
+        this._settle(cmd, new LiveroomError("timeout", `${kind}: no answer in ${seconds} s`, { rid }));
       }, seconds * 1e3);
       this._commands.set(rid, cmd);
       this._pump();
@@ -1964,12 +1963,12 @@ var LiveroomClient = class {
     const tick = Math.max(50, Math.min(interval, timeout) / 4);
     this._heartbeatTimer = setInterval(() => {
       if (this._conn !== conn) return;
-      const quiet = Date.now() - conn.lastRecv;
-      if (quiet > interval + timeout) {
+      const now = Date.now();
+      if (conn.pingAt !== null && conn.lastRecv < conn.pingAt && now - conn.pingAt > timeout) {
         this._detach(conn, 1006, "heartbeat timeout");
         this._lost(conn, 1006, "heartbeat timeout");
-      } else if (quiet > interval && !conn.pingSent) {
-        conn.pingSent = true;
+      } else if (now - conn.lastRecv > interval && (conn.pingAt === null || conn.lastRecv >= conn.pingAt)) {
+        conn.pingAt = now;
         this.ping().catch(() => {
         });
       }
@@ -2005,7 +2004,6 @@ var LiveroomClient = class {
   // --- incoming messages -----------------------------------------------------------------
   _onData(conn, data) {
     conn.lastRecv = Date.now();
-    conn.pingSent = false;
     const codec = conn.codec ?? this._codec;
     if (typeof data === "string" === codec.binary) {
       this._violation(conn, new LiveroomError("protocol", `${typeof data === "string" ? "text" : "binary"} frame on ${codec.subprotocol}`));
