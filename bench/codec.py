@@ -113,7 +113,7 @@ class MsgspecCodec(MsgpackCodec):
     def dumps(self, obj: Any) -> bytes:
         return _MSGSPEC_ENC.encode(obj)
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, *, max_items: int = 4096) -> Any:
         try:
             return self._decoder.decode(data)
         except Exception as exc:

@@ -296,7 +296,7 @@ class LiveroomConnection:
         """Hand each comment of a batch to the hook (plain values: no typed decoding)."""
         received = time.time()
         try:
-            batch = MSGPACK.loads(data)
+            batch = MSGPACK.loads(data, max_items=len(data))  # server messages: no item bound
             events = batch["ev"]
             for event in events:
                 kind = event.get("t") if isinstance(event, dict) else None

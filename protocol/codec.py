@@ -59,8 +59,13 @@ class Codec:
     def dumps(self, obj: Any) -> bytes:
         raise NotImplementedError
 
-    def loads(self, data: bytes) -> Any:
-        """Decode bytes into plain values; raises :class:`MalformedMessage` only."""
+    def loads(self, data: bytes, *, max_items: int = _MAX_ITEMS) -> Any:
+        """Decode bytes into plain values; raises :class:`MalformedMessage` only.
+
+        ``max_items`` bounds each container (client messages: 4096, SPEC §12); server
+        messages have no item bound, so :meth:`decode_server` passes the payload's size
+        (every item takes at least one byte: allocation stays bounded by the payload).
+        """
         raise NotImplementedError
 
     def _splice(
@@ -111,16 +116,20 @@ class Codec:
         return from_wire(self.loads(data), CLIENT_TYPES)
 
     def decode_server(self, data: bytes) -> ServerMessage:
-        """Decode a server-to-client message (clients, tests); raises as :meth:`decode_client`."""
-        return from_wire(self.loads(data), SERVER_TYPES)
+        """Decode a server-to-client message (clients, tests); raises as :meth:`decode_client`.
+
+        A server message's containers may hold more than 4096 items (a ``joined`` of a
+        room with a large ``rooms.snapshot_size``, a resume's ``batch``)."""
+        return from_wire(self.loads(data, max_items=max(_MAX_ITEMS, len(data))), SERVER_TYPES)
 
 
-def unpack_untrusted(data: bytes) -> Any:
+def unpack_untrusted(data: bytes, max_items: int = _MAX_ITEMS) -> Any:
     """msgpack.unpackb with the limits for untrusted input.
 
     No bin or ext value anywhere (not even an empty one, as a value, a key, nested or
-    under an unknown key), string map keys only, containers of at most 4096 items, at
-    most 1024 nested containers, no string longer than the payload itself.
+    under an unknown key), string map keys only, containers of at most ``max_items``
+    items (4096 by default), at most 1024 nested containers, no string longer than the
+    payload itself.
 
     Raises:
         ValueError: a ``bin`` or ``ext`` value (besides the library's own errors for
@@ -137,8 +146,8 @@ def unpack_untrusted(data: bytes) -> Any:
         use_list=True,
         max_bin_len=0,
         max_ext_len=0,
-        max_array_len=_MAX_ITEMS,
-        max_map_len=_MAX_ITEMS,
+        max_array_len=max_items,
+        max_map_len=max_items,
         max_str_len=len(data),
         ext_hook=_refuse_ext,
     )
@@ -202,9 +211,9 @@ class MsgpackCodec(Codec):
     def dumps(self, obj: Any) -> bytes:
         return self._pack(obj)  # type: ignore[no-any-return]
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, *, max_items: int = _MAX_ITEMS) -> Any:
         try:
-            return unpack_untrusted(data)
+            return unpack_untrusted(data, max_items)
         except Exception as exc:  # the C unpacker raises many types; all mean "malformed"
             raise MalformedMessage(f"not a msgpack message: {type(exc).__name__}") from None
 
@@ -233,7 +242,9 @@ class JsonCodec(Codec):
     def dumps(self, obj: Any) -> bytes:
         return orjson.dumps(obj)
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, data: bytes, *, max_items: int = _MAX_ITEMS) -> Any:
+        # orjson has no item bound; a JSON item takes at least two bytes, so the
+        # message size limit bounds what a client message can hold.
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:

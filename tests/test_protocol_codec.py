@@ -614,6 +614,18 @@ def test_msgpack_containers_over_4096_items_are_malformed() -> None:
     assert MSGPACK.decode_client(pack({"t": "ping", "x": [None] * 4096})) == Ping()
 
 
+@codecs
+def test_server_messages_over_4096_items_decode(codec: Codec) -> None:
+    """The item bound is for client messages (SPEC §12): a resume's batch or a large
+    snapshot may hold more events, and a client must take them."""
+    events = tuple(comment(i + 1) for i in range(5000))
+    batch = codec.encode_batch(ROOM, [codec.encode_event(ev) for ev in events])
+    assert codec.decode_server(batch) == Batch(room=ROOM, events=events)
+    if codec is MSGPACK:  # the same container in a client message is still refused
+        with pytest.raises(MalformedMessage):
+            MSGPACK.decode_client(pack({"t": "ping", "x": [None] * 5000}))
+
+
 def _nested_ping(codec: Codec, depth: int) -> bytes:
     """A ``ping`` whose unknown key holds nested arrays: ``depth`` containers in all."""
     arrays = depth - 1
