@@ -43,8 +43,13 @@ from protocol import (
     ServerMessage,
     Welcome,
 )
+from protocol.messages import OFFSET_EVENT_TYPES
 
 __all__ = ["CommandError", "LiveroomClient"]
+
+_OFFSET_EVENTS = tuple(OFFSET_EVENT_TYPES.values())
+"""Events that carry the room's offset (comments, system messages, pins, sale events):
+each one moves the offset a resume starts from (SPEC §8)."""
 
 
 class CommandError(Exception):
@@ -141,7 +146,7 @@ class LiveroomClient:
             lambda rid: Join(room=room, offset=offset, epoch=epoch, rid=rid)
         )
         assert isinstance(answer, Joined)
-        last = max((e.offset for e in answer.recent if isinstance(e, Comment)), default=None)
+        last = max((e.offset for e in answer.recent if isinstance(e, _OFFSET_EVENTS)), default=None)
         if answer.resync or room not in self.offsets or last is not None:
             self.offsets[room] = (answer.epoch, last if last is not None else answer.offset)
         return answer
@@ -214,7 +219,7 @@ class LiveroomClient:
             message = self.codec.decode_server(_as_bytes(data))
             if isinstance(message, Batch):
                 for event in message.events:
-                    if isinstance(event, Comment):
+                    if isinstance(event, _OFFSET_EVENTS):
                         epoch = self.offsets.get(message.room, ("", 0))[0]
                         self.offsets[message.room] = (epoch, event.offset)
                     self.events.put_nowait((message.room, event))

@@ -10,7 +10,7 @@ from websockets.exceptions import ConnectionClosed
 from engine.client import CommandError, LiveroomClient
 from engine.server import LiveroomServer
 from engine.stock import SaleSpec
-from protocol import CloseCode, Comment, ErrorCode
+from protocol import CloseCode, Comment, ErrorCode, SystemMessage
 from tests.conftest import ServerFactory, bounded, token
 
 ROOM = "room-1"
@@ -60,6 +60,13 @@ async def test_join_with_resume_after_reconnect_yields_exactly_the_missed_commen
         await viewer.join(ROOM)
         await writer.comment(ROOM, "seen")
         _, seen = await next_comment(viewer)
+        # A system message takes an offset too: a resume starts after it, not after the
+        # last comment (else the viewer would get it twice).
+        assert server.desk is not None
+        system = await server.desk.system_message(ROOM, "welcome")
+        while not isinstance((await viewer.next_event())[1], SystemMessage):
+            pass
+        assert viewer.offsets[ROOM][1] == system == seen.offset + 1
         remembered = dict(viewer.offsets)
         await viewer.close()
 
@@ -70,14 +77,15 @@ async def test_join_with_resume_after_reconnect_yields_exactly_the_missed_commen
             again.offsets.update(remembered)  # what a reconnecting app carries over
             joined = await again.join(ROOM, resume=True)
             assert joined.resync is False
+            assert all(isinstance(e, Comment) for e in joined.recent)
             missed = [e for e in joined.recent if isinstance(e, Comment)]
             assert [c.text for c in missed] == ["missed 1", "missed 2"]
-            assert [c.offset for c in missed] == [seen.offset + 1, seen.offset + 2]
-            assert again.offsets[ROOM] == (joined.epoch, seen.offset + 2)
+            assert [c.offset for c in missed] == [system + 1, system + 2]
+            assert again.offsets[ROOM] == (joined.epoch, system + 2)
 
             await writer.comment(ROOM, "live")
             _, live = await next_comment(again)
-            assert (live.text, live.offset) == ("live", seen.offset + 3)
+            assert (live.text, live.offset) == ("live", system + 3)
 
 
 @bounded(10)
