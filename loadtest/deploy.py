@@ -12,6 +12,7 @@ SIGTERM, so its workers drain), also after a failure; every wait is bounded.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -21,18 +22,49 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["DeployError", "LocalDeployment"]
+__all__ = ["DeployError", "LocalDeployment", "free_port"]
 
 
 class DeployError(Exception):
     """The deployment could not be started (the message says what and where its log is)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux; else 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_RANDOM = random.Random()  # its own, so tests seeding the global generator do not repeat ports
+_GIVEN: set[int] = set()  # ports this process handed out: never twice (two servers' ports)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on, chosen below the ephemeral range.
+
+    A port the kernel gave out for ``bind(0)`` lies in the ephemeral range, where any
+    outgoing connection (a Redis client's, say) may take it as its local port between
+    this check and the server's own bind: "address already in use" at start. Ports below
+    the range are never handed out that way. A port is not handed out twice by one
+    process (until half the range has been), so the ports of one setup differ."""
+    low = min(_ephemeral_low(), 65536)
+    if len(_GIVEN) > (low - 20000) // 2:
+        _GIVEN.clear()
+    for _ in range(200):
+        port = _RANDOM.randrange(20000, low) if low > 21000 else 0
+        if port in _GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found: int = sock.getsockname()[1]
+        _GIVEN.add(found)
+        return found
+    raise OSError("no free loopback port below the ephemeral range")
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -63,7 +95,7 @@ class LocalDeployment:
         self.workers = workers
         self.secret = secrets.token_hex(16)
         self.api_key = secrets.token_hex(16)
-        self.redis_port, self.ws_port, self.api_port = _free_port(), _free_port(), _free_port()
+        self.redis_port, self.ws_port, self.api_port = free_port(), free_port(), free_port()
         self.settings = settings
         self.redis: subprocess.Popen[bytes] | None = None
         self.engine: subprocess.Popen[bytes] | None = None

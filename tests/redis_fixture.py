@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from loadtest.deploy import free_port
 
 __all__ = [
     "FakeClock",
@@ -71,13 +72,6 @@ def find_redis_server() -> str:
     if path is None:
         pytest.fail("redis-server not found: install it (apt-get install redis-server)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:
