@@ -174,15 +174,18 @@ test("beyond the vectors: a length header larger than the payload is refused bef
 });
 
 test("beyond the vectors: lone surrogates are found without String.prototype.isWellFormed too (older browsers)", () => {
+  // String.prototype.isWellFormed is Node 20+ (Debian 12's Node 18 lacks it): the expected
+  // answers are written out, and the native method, where there is one, must agree.
   const cases = ["a", "\ud83d\udd25", "\ud800", "\udc00", "a\ud800b", "\ud800\ud800\udc00", "\udc00\ud800", ""];
-  const native = cases.map((c) => c.isWellFormed());
+  const expected = [true, true, false, false, false, false, false, true];
   const saved = Object.getOwnPropertyDescriptor(String.prototype, "isWellFormed");
+  if (saved) assert.deepEqual(cases.map((c) => c.isWellFormed()), expected);
   delete String.prototype.isWellFormed;
   try {
-    assert.deepEqual(cases.map((c) => isWellFormed(c)), native);
+    assert.deepEqual(cases.map((c) => isWellFormed(c)), expected);
     assert.throws(() => CODECS.json.decodeServer('{"t":"pong","now":1,"rid":"\\udc00"}'), MalformedMessage);
   } finally {
-    Object.defineProperty(String.prototype, "isWellFormed", saved);
+    if (saved) Object.defineProperty(String.prototype, "isWellFormed", saved);
   }
 });
 
