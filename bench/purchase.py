@@ -51,15 +51,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,13 +66,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 import uvloop
 
 from bench.machine import describe
 from bench.procs import machine_busy_cpu, proc_cpu, raise_nofile, self_cpu
 from bench.purchase_clients import BuyerPool
+from bench.redis_server import RedisServer
 from bench.report import log, percentile, table, targets_table
 from engine.auth import Claims, Role, mint_token
 from engine.stock import (
@@ -196,113 +193,6 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 def _ratio(x: float | None, y: float | None) -> float | None:
     return round(x / y, 3) if x is not None and y else None
-
-
-def _die_with_parent() -> None:
-    """In a child before exec: SIGTERM it when this process dies, however it dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-# --------------------------------------------------------------------------- redis-server
-
-
-class RedisProc:
-    """A private redis-server on a free loopback port, persistence off."""
-
-    def __init__(self, binary: str, cpus: set[int] | None) -> None:
-        self.binary = binary
-        self.cpus = cpus
-        self.dir = tempfile.mkdtemp(prefix="purchase-bench-redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _options(self) -> list[str]:
-        options = {
-            "port": str(self.port),
-            "bind": HOST,
-            "protected-mode": "yes",
-            "save": "",
-            "appendonly": "no",
-            "dir": self.dir,
-            "daemonize": "no",
-            "loglevel": "warning",
-        }
-        return [x for key, value in options.items() for x in (f"--{key}", value)]
-
-    def start(self) -> None:
-        last = ""
-        for _attempt in range(3):
-            self.port = _free_port()
-            log_file = open(os.path.join(self.dir, "redis.log"), "wb")  # noqa: SIM115
-            self.proc = subprocess.Popen(
-                [self.binary, *self._options()],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
-            log_file.close()
-            _pin(self.proc.pid, self.cpus)
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    with redis.Redis(host=HOST, port=self.port, socket_timeout=0.5) as client:
-                        client.ping()
-                    return
-                except redis.RedisError as exc:
-                    last = repr(exc)
-                    time.sleep(0.05)
-            self.stop()
-        raise RuntimeError(f"redis-server did not start: {last}")
-
-    def version(self) -> str:
-        try:
-            out = subprocess.run(
-                [self.binary, "--version"], capture_output=True, text=True, timeout=5, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return "?"
-        return out
-
-    def flush(self) -> None:
-        with redis.Redis(host=HOST, port=self.port, socket_timeout=5.0) as client:
-            client.flushall()
-
-    def info_memory(self) -> str:
-        with redis.Redis(host=HOST, port=self.port, socket_timeout=5.0) as client:
-            return str(client.info("memory").get("used_memory_human", "?"))
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5.0)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- A: store only
@@ -446,7 +336,7 @@ def _a_cases(p: Params) -> list[_Case]:
 class _StoreBench:
     """State shared by the A cases: the request list, the redis stores and clients."""
 
-    def __init__(self, p: Params, rds: RedisProc) -> None:
+    def __init__(self, p: Params, rds: RedisServer) -> None:
         self.p = p
         self.rds = rds
         self.reqs = _requests(p)
@@ -551,7 +441,7 @@ class _StoreBench:
         return result
 
 
-async def _part_a(p: Params, rds: RedisProc, deadline: float) -> dict[str, Any]:
+async def _part_a(p: Params, rds: RedisServer, deadline: float) -> dict[str, Any]:
     bench = _StoreBench(p, rds)
     cases = _a_cases(p)
     rounds: list[dict[str, Any]] = []
@@ -570,7 +460,7 @@ async def _part_a(p: Params, rds: RedisProc, deadline: float) -> dict[str, Any]:
                     f"p99/call {one[case.name].get('latency_ms_per_call', {}).get('p99')} ms"
                 )
             rounds.append(one)
-        redis_memory = await asyncio.to_thread(rds.info_memory)
+        redis_memory = await asyncio.to_thread(rds.used_memory)
     finally:
         await bench.close()
         await asyncio.to_thread(rds.flush)
@@ -835,7 +725,7 @@ def _desk_delta(a: dict[str, Any], b: dict[str, Any], answered: int) -> dict[str
 async def _measure(
     pool: BuyerPool,
     server: ServerProc,
-    rds: RedisProc,
+    rds: RedisServer,
     cfg: _Config,
     *,
     active: int | None,
@@ -920,7 +810,7 @@ async def _measure(
 async def _run_b(
     cfg: _Config,
     p: Params,
-    rds: RedisProc,
+    rds: RedisServer,
     tokens: list[str],
     server_cpus: set[int] | None,
     *,
@@ -1087,7 +977,7 @@ def _b_summary(cfg: _Config, runs: list[dict[str, Any]], errors: list[str]) -> d
 
 
 async def _part_b(
-    p: Params, rds: RedisProc, server_cpus: set[int] | None, deadline: float
+    p: Params, rds: RedisServer, server_cpus: set[int] | None, deadline: float
 ) -> dict[str, Any]:
     configs = _b_configs(p)
     tokens = _tokens(p.connections)
@@ -1181,7 +1071,7 @@ async def _part_b(
 
 async def _profiles(
     p: Params,
-    rds: RedisProc,
+    rds: RedisServer,
     tokens: list[str],
     server_cpus: set[int] | None,
     deadline: float,
@@ -1214,7 +1104,7 @@ async def _profiles(
 # --------------------------------------------------------------------------- report
 
 
-def _machine(rds: RedisProc) -> dict[str, Any]:
+def _machine(rds: RedisServer) -> dict[str, Any]:
     meta = describe(("liveroom", "redis", "hiredis", "websockets", "uvloop", "msgpack", "orjson"))
     meta["redis_server"] = rds.version()
     meta["redis_server_options"] = "--save '' --appendonly no (no persistence), loopback TCP"
@@ -1542,7 +1432,7 @@ async def _amain(p: Params, command: str) -> dict[str, Any]:
     pinned = p.pin and len(cpus) >= 2
     first, second = ({cpus[0]}, {cpus[1]}) if pinned else (None, None)
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    rds = RedisProc(binary, second)
+    rds = RedisServer(binary, HOST)
     report: dict[str, Any] = {
         "command": command,
         "params": dataclasses.asdict(p),
@@ -1555,9 +1445,11 @@ async def _amain(p: Params, command: str) -> dict[str, Any]:
             else "none",
         },
     }
-    report["meta"] = _machine(rds)
     try:
         rds.start()
+        if second:
+            rds.pin(second)
+        report["meta"] = _machine(rds)
         async with asyncio.timeout(p.budget + 60):
             _pin(0, first)
             log(f"A: store only ({p.repeats} rounds)")
@@ -1573,7 +1465,7 @@ async def _amain(p: Params, command: str) -> dict[str, Any]:
         log(report["aborted"])
     finally:
         _pin(0, set(cpus))
-        rds.cleanup()
+        rds.stop()
     report.setdefault("meta", {}).update(loadavg_end=[round(x, 2) for x in os.getloadavg()])
     report["elapsed_s"] = round(time.monotonic() - t_start, 1)
     report["targets"] = _targets(report)

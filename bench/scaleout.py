@@ -86,8 +86,8 @@ from bench.fanout import (
 from bench.fanout_clients import ClientPool, Counters
 from bench.machine import describe
 from bench.procs import machine_busy_cpu, proc_cpu, raise_nofile, self_cpu
+from bench.redis_server import RedisServer, RedisStats, run_delay
 from bench.report import log, table, targets_table
-from bench.scaleout_redis import RedisServer, RedisStats, run_delay
 from engine.config import env_var_name
 from protocol import MSGPACK, Comment
 

@@ -1,9 +1,9 @@
-"""A private redis-server for the scale-out benchmark: start, read its figures, stop.
+"""A private redis-server for the benchmarks (scale-out, purchase): start, read its figures, stop.
 
 The server listens on a free loopback port, keeps its files in a temporary directory and
-persists nothing (``save ""``, ``appendonly no``): the benchmark measures the broker's
-cost, not durability. :meth:`RedisServer.stats` reads what a phase needs in one go: the
-process's CPU seconds, user and system (``INFO cpu``: getrusage, precise to the
+persists nothing (``save ""``, ``appendonly no``): the benchmarks measure the broker's
+and the stock store's cost, not durability. :meth:`RedisServer.stats` reads what a phase
+needs in one go: the process's CPU seconds, user and system (``INFO cpu``: getrusage, precise to the
 microsecond, unlike the 10 ms ticks of ``/proc/PID/stat``), its time spent runnable but
 waiting for a core (``/proc/PID/schedstat``), the calls and time of each command (``INFO
 commandstats``; commands a Lua script runs are counted too; the time is wall time, so it
