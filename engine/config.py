@@ -447,6 +447,26 @@ def _check_float(setting: str, value: float, *, allow_zero: bool = False) -> Non
     raise ConfigError(f"{setting}: must be a finite number {bounds}, got {value!r}")
 
 
+def _check_redis_section(
+    section: str,
+    backend: str,
+    backends: tuple[str, ...],
+    redis_url: str,
+    redis_timeout: float,
+    key_prefix: str,
+) -> None:
+    """The settings ``[stock]`` and ``[broker]`` share: backend, Redis URL, timeout, prefix."""
+    if backend not in backends:
+        raise ConfigError(
+            f"{section}.backend: must be one of {', '.join(backends)}, got {backend!r}"
+        )
+    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{section}.redis_url: must be a redis://, rediss:// or unix:// URL")
+    _check_float(f"{section}.redis_timeout", redis_timeout)
+    if not key_prefix:
+        raise ConfigError(f"{section}.key_prefix: must not be empty")
+
+
 def validate_config(config: Config) -> None:
     """Check ranges and cross-setting rules of a configuration.
 
@@ -526,29 +546,17 @@ def validate_config(config: Config) -> None:
         raise ConfigError("service.api_keys: at least one key is needed when the service is on")
 
     k = config.stock
-    if k.backend not in STOCK_BACKENDS:
-        raise ConfigError(
-            f"stock.backend: must be one of {', '.join(STOCK_BACKENDS)}, got {k.backend!r}"
-        )
-    if not k.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("stock.redis_url: must be a redis://, rediss:// or unix:// URL")
-    _check_float("stock.redis_timeout", k.redis_timeout)
-    if not k.key_prefix:
-        raise ConfigError("stock.key_prefix: must not be empty")
+    _check_redis_section(
+        "stock", k.backend, STOCK_BACKENDS, k.redis_url, k.redis_timeout, k.key_prefix
+    )
     _check_float("stock.batch_window_ms", k.batch_window_ms, allow_zero=True)
     _check_int("stock.batch_max", k.batch_max, 1, 500)
     _check_int("stock.max_pending", k.max_pending, 1)
 
     b = config.broker
-    if b.backend not in BROKER_BACKENDS:
-        raise ConfigError(
-            f"broker.backend: must be one of {', '.join(BROKER_BACKENDS)}, got {b.backend!r}"
-        )
-    if not b.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("broker.redis_url: must be a redis://, rediss:// or unix:// URL")
-    _check_float("broker.redis_timeout", b.redis_timeout)
-    if not b.key_prefix:
-        raise ConfigError("broker.key_prefix: must not be empty")
+    _check_redis_section(
+        "broker", b.backend, BROKER_BACKENDS, b.redis_url, b.redis_timeout, b.key_prefix
+    )
     _check_float("broker.viewers_ttl", b.viewers_ttl)
     _check_float("broker.reconnect_max", b.reconnect_max)
     _check_float("broker.room_ttl", b.room_ttl)
