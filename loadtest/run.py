@@ -42,10 +42,26 @@ from loadtest.deploy import DeployError, LocalDeployment
 from loadtest.report import build_report, write_report
 from loadtest.scenario import Scenario, ScenarioError, load_scenario
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "sale_body"]
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 GRACE = 30.0  # seconds after the show's end before stragglers are killed
+
+
+def sale_body(scenario: Scenario) -> dict[str, Any]:
+    """The service API's ``POST /v1/sales`` body that opens the scenario's sale."""
+    sale = scenario.sale
+    if sale is None:
+        raise ValueError(f"scenario {scenario.name!r} has no sale")
+    return {
+        "sale_id": sale.sale_id,
+        "room": scenario.room,
+        "product_id": sale.product_id,
+        "stock": sale.stock,
+        "price": sale.price,
+        "per_user_limit": sale.per_user_limit,
+        "duration": sale.duration,
+    }
 
 
 async def _post(http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, str]:
@@ -83,18 +99,8 @@ async def _host(
         )
         for pin in scenario.pins
     ]
-    sale = scenario.sale
-    if sale is not None:
-        body: dict[str, Any] = {
-            "sale_id": sale.sale_id,
-            "room": scenario.room,
-            "product_id": sale.product_id,
-            "stock": sale.stock,
-            "price": sale.price,
-            "per_user_limit": sale.per_user_limit,
-            "duration": sale.duration,
-        }
-        actions.append((sale.at, "open_sale", "/v1/sales", body))
+    if scenario.sale is not None:
+        actions.append((scenario.sale.at, "open_sale", "/v1/sales", sale_body(scenario)))
     for fault in scenario.faults:
         if fault.kind != "drop_viewers":  # the swarm drops its own viewers
             actions.append((fault.at, f"fault:{fault.kind}", "", {"down": fault.down}))

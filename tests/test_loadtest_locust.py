@@ -31,6 +31,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
 from engine.auth import verify_token
+from loadtest.run import sale_body
 from loadtest.scenario import Scenario, load_scenario
 from protocol import (
     MSGPACK,
@@ -159,16 +160,7 @@ async def open_sale(engine: Engine, scenario: Scenario, start_at: float) -> None
     (with the memory broker the API knows a room from its first viewer's join)."""
     sale = scenario.sale
     assert sale is not None
-    body = {
-        "sale_id": sale.sale_id,
-        "room": scenario.room,
-        "product_id": sale.product_id,
-        "stock": sale.stock,
-        "price": sale.price,
-        "per_user_limit": sale.per_user_limit,
-        "starts_at": start_at + sale.at,
-        "duration": 60,
-    }
+    body = sale_body(scenario) | {"starts_at": start_at + sale.at, "duration": 60}
     while True:
         status, answer = await engine.api("POST", "/v1/sales", body)
         if status == 201:
