@@ -105,6 +105,18 @@ class Engine:
                     assert time.monotonic() < deadline, f"liveroom did not start: {self.output()}"
                     time.sleep(0.05)
 
+    def __enter__(self) -> Engine:
+        """Started (killed again if the start fails); :meth:`kill` on leaving."""
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
     def output(self) -> str:
         """What the process wrote to stderr so far ("" without a ``log`` file)."""
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""

@@ -37,12 +37,8 @@ E = TypeVar("E")
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     """``liveroom serve`` on the embedded defaults (demo on), stderr kept."""
-    e = Engine(log=tmp_path / "liveroom.stderr")
-    try:
-        e.start()
+    with Engine(log=tmp_path / "liveroom.stderr") as e:
         yield e
-    finally:
-        e.kill()
 
 
 async def http(
@@ -206,9 +202,7 @@ async def test_a_session_token_joins_the_seeded_demo_room_and_no_other(engine: E
 
 @bounded(20)
 async def test_the_demo_room_is_held_while_other_empty_rooms_are_dropped(tmp_path: Path) -> None:
-    engine = Engine(ROOMS_EMPTY_ROOM_TTL="0")
-    try:
-        engine.start()
+    with Engine(ROOMS_EMPTY_ROOM_TTL="0") as engine:
         assert (await call(engine, "GET", "/demo/session"))[0] == 200  # sets the room up
         async with await LiveroomClient.connect(
             f"ws://127.0.0.1:{engine.ws_port}/", token("u1", ["demo", "other"])
@@ -231,8 +225,6 @@ async def test_the_demo_room_is_held_while_other_empty_rooms_are_dropped(tmp_pat
             engine, "POST", "/v1/rooms/demo/messages", {"text": "still here"}, key=API_KEY
         )
         assert status == 200, answer
-    finally:
-        engine.kill()
 
 
 async def test_a_held_room_outlives_its_viewers_and_the_room_cap() -> None:
@@ -424,9 +416,7 @@ async def test_no_file_outside_static_can_be_reached(engine: Engine) -> None:
 
 @bounded(30)
 async def test_demo_off_serves_nothing_under_demo_and_prints_no_demo_line(tmp_path: Path) -> None:
-    engine = Engine(log=tmp_path / "err.log", DEMO_ENABLED="false")
-    try:
-        engine.start()
+    with Engine(log=tmp_path / "err.log", DEMO_ENABLED="false") as engine:
         await wait_for_condition(lambda: "liveroom listening on" in engine.output(), timeout=10)
         assert "demo:" not in engine.output()
         for path in (
@@ -438,16 +428,12 @@ async def test_demo_off_serves_nothing_under_demo_and_prints_no_demo_line(tmp_pa
             assert_error(await call(engine, "GET", path), 401, "unauthorized")
             assert_error(await call(engine, "GET", path, key=API_KEY), 404, "not_found")
         assert (await call(engine, "GET", "/v1/sales/s1", key=API_KEY))[0] == 404
-    finally:
-        engine.kill()
 
 
 @bounded(30)
 async def test_another_room_name_and_websocket_url(tmp_path: Path) -> None:
     room = "直播间-1"
-    engine = Engine(DEMO_ROOM=room, DEMO_WS_URL="ws://localhost:9/live", DEMO_TOKEN_TTL="60")
-    try:
-        engine.start()
+    with Engine(DEMO_ROOM=room, DEMO_WS_URL="ws://localhost:9/live", DEMO_TOKEN_TTL="60") as engine:
         status, session = await call(engine, "GET", "/demo/session")
         assert status == 200, session
         assert (session["room"], session["url"]) == (room, "ws://localhost:9/live")
@@ -464,5 +450,3 @@ async def test_another_room_name_and_websocket_url(tmp_path: Path) -> None:
         async with await LiveroomClient.connect(url, session["token"]) as client:
             joined = await client.join(room)
             assert joined.sale is not None and joined.sale.status == "open"
-    finally:
-        engine.kill()

@@ -79,12 +79,8 @@ def artifacts(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    e = Engine(log=tmp_path / "liveroom.stderr")
-    try:
-        e.start()
+    with Engine(log=tmp_path / "liveroom.stderr") as e:
         yield e
-    finally:
-        e.kill()
 
 
 def connected(page: Page, timeout: int = WAIT_MS) -> None:

@@ -86,12 +86,8 @@ retries = 2
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = Engine(log=tmp_path / "engine.log")
-    eng.start()
-    try:
+    with Engine(log=tmp_path / "engine.log") as eng:
         yield eng
-    finally:
-        eng.kill()
 
 
 def write_scenario(directory: Path, name: str) -> tuple[Path, Scenario]:

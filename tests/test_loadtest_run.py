@@ -25,12 +25,8 @@ from tests.processes import API_KEY, Engine
 
 @pytest.fixture
 def engine() -> Iterator[Engine]:
-    e = Engine(ROOMS_COMMENT_RATE="50", ROOMS_LIKE_RATE="50")
-    try:
-        e.start()
+    with Engine(ROOMS_COMMENT_RATE="50", ROOMS_LIKE_RATE="50") as e:
         yield e
-    finally:
-        e.kill()
 
 
 def run(engine: Engine, scenario: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -143,12 +143,8 @@ def launch(tmp_path: Path) -> Iterator[Launch]:
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     """A real ``liveroom serve`` on loopback ports, killed at teardown."""
-    eng = Engine(log=tmp_path / "engine.log")
-    try:
-        eng.start()
+    with Engine(log=tmp_path / "engine.log") as eng:
         yield eng
-    finally:
-        eng.kill()
 
 
 def url_of(engine: Engine) -> str:

@@ -21,9 +21,7 @@ from tests.processes import Engine
 async def test_a_recorded_trace_is_pseudonymised_and_replays_scaled(tmp_path: Path) -> None:
     traces = tmp_path / "traces"
     traces.mkdir()
-    recorder = Engine(ROOMS_TRACE_DIR=str(traces), SERVER_NODE_ID="rec")
-    try:
-        recorder.start()
+    with Engine(ROOMS_TRACE_DIR=str(traces), SERVER_NODE_ID="rec") as recorder:
         alice = await Peer.open(recorder.endpoint, token("alice", ["show"]))
         bob = await Peer.open(recorder.endpoint, token("bob", ["show"]))
         await alice.join("show")
@@ -34,8 +32,6 @@ async def test_a_recorded_trace_is_pseudonymised_and_replays_scaled(tmp_path: Pa
         await bob.leave("show")
         await alice.close()
         await asyncio.sleep(0.5)  # a conflation tick flushes the trace
-    finally:
-        recorder.kill()
     path = traces / "show.rec.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     actions = [(line["action"], line.get("len"), line.get("n")) for line in lines]
@@ -52,9 +48,7 @@ async def test_a_recorded_trace_is_pseudonymised_and_replays_scaled(tmp_path: Pa
     assert "alice" not in text and "bob" not in text and "hello" not in text  # pseudonymised
     assert len({line["viewer"] for line in lines}) == 2
 
-    player = Engine()
-    try:
-        player.start()
+    with Engine() as player:
         watcher = await Peer.open(player.endpoint, token("watcher", ["rehearsal"]))
         await watcher.join("rehearsal")
         proc = await asyncio.create_subprocess_exec(
@@ -78,5 +72,3 @@ async def test_a_recorded_trace_is_pseudonymised_and_replays_scaled(tmp_path: Pa
         comments = await watcher.comments(4)
         assert sorted(len(c.text) for c in comments) == [4, 4, 5, 5]
         assert all(isinstance(c, Comment) and c.user_id.startswith("r-") for c in comments)
-    finally:
-        player.kill()
